@@ -1,0 +1,1 @@
+"""RLDS reading, standardization, normalization, transforms and the input pipeline."""

@@ -1,0 +1,1 @@
+"""MJX tabletop task suite, in-graph camera, scripted experts and wrappers."""

@@ -1,0 +1,1 @@
+"""Closed-loop evaluation, success tables and rollout videos."""

@@ -1,0 +1,1 @@
+"""Vision-language backbones (SigLIP ViT + Gemma), action heads and the policy."""

@@ -1,0 +1,1 @@
+"""Action heads behind one policy interface."""

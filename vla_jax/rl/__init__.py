@@ -1,0 +1,1 @@
+"""Reinforcement-learning fine-tuning of policies inside batched MJX environments (planned)."""

@@ -1,0 +1,1 @@
+"""Action tokenizers (binning, FAST) and the text tokenizer."""

@@ -1,0 +1,1 @@
+"""Mesh and sharding rules, train state, optimizer, checkpoints and the one train loop."""

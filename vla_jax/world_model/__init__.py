@@ -1,0 +1,1 @@
+"""Latent dynamics, latent action models and imagined rollouts (planned)."""
