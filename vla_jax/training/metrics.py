@@ -1,0 +1,74 @@
+"""Training metrics: TensorBoard event files and the one-line progress output."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from absl import logging
+from tensorboardX import SummaryWriter
+
+
+def first_nonfinite(steps: Sequence[int], metrics: Sequence[dict]) -> int | None:
+  """Index of the first host metrics dict whose loss or grad_norm is NaN/inf, else None."""
+  for i, m in enumerate(metrics):
+    if not (np.isfinite(m["loss"]) and np.isfinite(m.get("grad_norm", 0.0))):
+      return i
+  return None
+
+
+def mean_metrics(metrics: Sequence[dict]) -> dict[str, float]:
+  """Average of each scalar metric over the logged interval."""
+  return {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+
+
+def _eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}:{m:02d}:{s:02d}"
+
+
+class MetricsLogger:
+  """Writes scalars to ``<workdir>/tensorboard`` and prints one progress line per log interval.
+
+  Only process 0 writes and prints. Speed is measured between consecutive ``log`` calls (so
+  compilation shows up only in the first line).
+  """
+
+  def __init__(self, workdir: str, num_steps: int, global_batch_size: int, print_fn=print):
+    self.num_steps = num_steps
+    self.global_batch_size = global_batch_size
+    self.print_fn = print_fn
+    self.is_main = jax.process_index() == 0
+    self.writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if self.is_main else None
+    self._last_time = None
+    self._last_step = None
+
+  def start(self, step: int) -> None:
+    self._last_time, self._last_step = time.perf_counter(), step
+
+  def log(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
+    """Writes ``metrics`` (interval means) at ``step``; returns them plus speed figures."""
+    now = time.perf_counter()
+    steps_per_s = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_time, self._last_step = now, step
+    out = dict(metrics, steps_per_s=steps_per_s,
+               examples_per_s=steps_per_s * self.global_batch_size)
+    if self.is_main:
+      for key, value in out.items():
+        self.writer.add_scalar(f"train/{key}", value, step)
+      self.writer.flush()
+      eta = _eta((self.num_steps - step) / max(steps_per_s, 1e-9))
+      line = (f"step {step}/{self.num_steps} loss {out['loss']:.5f} "
+              f"steps/s {steps_per_s:.2f} examples/s {out['examples_per_s']:.1f} ETA {eta}")
+      logging.info(line)
+      self.print_fn(line, flush=True)
+    return out
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()

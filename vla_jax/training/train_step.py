@@ -1,0 +1,55 @@
+"""The ONE jitted train step (every head trains through it), with shardings and donated state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from vla_jax.training import sharding as sharding_lib
+from vla_jax.training.train_state import TrainState
+
+
+def train_step(state: TrainState, batch: dict, *, model: Any,
+               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+               ema_decay: float) -> tuple[TrainState, dict]:
+  """One optimizer step on ``model.loss``; returns the new state and float32 scalar metrics.
+
+  Metrics: the model's own metrics plus ``loss``, ``grad_norm`` (before clipping),
+  ``param_norm`` and ``learning_rate`` (of this step).
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+  (loss, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(state.params, batch, rng)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = state.ema_params
+  if ema_decay > 0:
+    ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                              state.ema_params, params)
+  metrics = dict(metrics)
+  metrics.update(loss=loss, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
+                 learning_rate=schedule(state.step))
+  metrics = jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            ema_params=ema_params)
+  return new_state, metrics
+
+
+def make_train_step(model: Any, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                    ema_decay: float, mesh: Mesh, state_shardings: Any) -> Callable:
+  """``jit(train_step)``: state in/out with ``state_shardings`` (donated), batch over data axes.
+
+  Returns ``step(state, batch) -> (state, metrics)``; metrics come back replicated.
+  """
+  def step(state, batch):
+    return train_step(state, batch, model=model, optimizer=optimizer, schedule=schedule,
+                      ema_decay=ema_decay)
+
+  return jax.jit(step,
+                 in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
+                 donate_argnums=(0,))
