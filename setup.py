@@ -27,6 +27,8 @@ INSTALL_REQUIRES = [
     "imageio>=2.38,<3",
     "tensorboardX>=2.6.5,<3",
     "tqdm>=4.67,<5",
+    # tensorflow-datasets imports it to prepare datasets (builders) but does not declare it.
+    "importlib-resources>=7.1,<8",
 ]
 
 EXTRAS_REQUIRE = {
