@@ -76,9 +76,10 @@ def param_mismatches(saved: dict[str, tuple], current: dict[str, tuple]) -> list
   return out
 
 
-def _manager(directory: str, keep: int = 1, read_only: bool = False) -> ocp.CheckpointManager:
+def _manager(directory: str, keep: int | None = None, create: bool = False
+             ) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=not read_only, read_only=read_only,
+      max_to_keep=keep, create=create,
       # Synchronous saves: a checkpoint is on disk when save() returns, which is what the SIGTERM
       # path and the NaN guard (keep the last good checkpoint) rely on.
       enable_async_checkpointing=False)
@@ -94,7 +95,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, keep: int):
     self.directory = os.path.abspath(directory)
-    self.manager = _manager(self.directory, keep=keep)
+    self.manager = _manager(self.directory, keep=keep, create=True)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -136,7 +137,7 @@ class Checkpointer:
 def _resolve(directory: str, step: int | None) -> tuple[ocp.CheckpointManager, int]:
   if os.path.isdir(os.path.join(directory, "checkpoints")):
     directory = os.path.join(directory, "checkpoints")  # A workdir was given.
-  manager = _manager(directory, read_only=True)
+  manager = _manager(directory)
   step = manager.latest_step() if step is None else step
   if step is None or step not in manager.all_steps():
     raise FileNotFoundError(f"no checkpoint {'' if step is None else f'at step {step} '}in "

@@ -1,0 +1,116 @@
+"""A tiny policy-interface model and a deterministic synthetic data source for the training tests.
+
+Shared by tests/test_training*.py, test_sharding.py, test_multihost.py, test_resume.py and the
+subprocess worker ``_training_worker.py``.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vla_jax.training import default_train_config
+
+T, S, H, D, L, IMG = 2, 4, 3, 2, 5, 4  # history, state dim, horizon, action dim, text len, pixels.
+
+
+class _MLP(nn.Module):
+  hidden: int
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.gelu(nn.Dense(self.hidden)(x))
+    x = nn.gelu(nn.Dense(self.hidden)(x))
+    return nn.Dense(H * D)(x)
+
+
+class ToyModel:
+  """MLP from the flattened ``state`` history (+ mean text token) to the action chunk.
+
+  ``loss`` is the action-masked MSE with input noise drawn from ``rng`` (so the per-step rng
+  matters for exact resume). ``nan_at_step``: the loss becomes NaN once ``params`` reach that many
+  updates, emulated through a batch flag (``batch['poison']``) to keep the model pure.
+  """
+
+  def __init__(self, hidden: int = 32, noise: float = 0.01):
+    self.net = _MLP(hidden)
+    self.noise = noise
+
+  def _features(self, batch):
+    state = batch["state"] * batch["obs_mask"][..., None]
+    text = jnp.sum(batch["text_tokens"] * batch["text_mask"], -1, keepdims=True) / 10.0
+    return jnp.concatenate([state.reshape(state.shape[0], -1), text.astype(jnp.float32)], -1)
+
+  def init(self, rng, example_batch):
+    return self.net.init(rng, self._features(example_batch))["params"]
+
+  def loss(self, params, batch, rng):
+    x = self._features(batch)
+    x = x + self.noise * jax.random.normal(rng, x.shape)
+    pred = self.net.apply({"params": params}, x).reshape(-1, H, D)
+    err = jnp.mean((pred - batch["actions"]) ** 2, -1)
+    mask = batch["action_mask"].astype(jnp.float32)
+    loss = jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    if "poison" in batch:  # NaN injection for the bad-input test.
+      loss = loss + jnp.where(jnp.any(batch["poison"]), jnp.nan, 0.0)
+    return loss, {"mse": loss}
+
+
+_W = np.random.default_rng(123).normal(size=(T * S, H * D)).astype(np.float32) / 3.0
+
+
+def global_batch(step: int, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """The deterministic global batch of ``step`` (batch contract, tiny shapes)."""
+  rng = np.random.default_rng((seed, step))
+  state = rng.normal(size=(batch_size, T, S)).astype(np.float32)
+  obs_mask = np.ones((batch_size, T), bool)
+  obs_mask[: batch_size // 4, 0] = False  # Some episodes start inside the history window.
+  state = state * obs_mask[..., None]
+  actions = np.tanh(state.reshape(batch_size, -1) @ _W).reshape(batch_size, H, D)
+  action_mask = np.ones((batch_size, H), bool)
+  action_mask[: batch_size // 4, -1] = False
+  tokens = rng.integers(1, 20, size=(batch_size, L)).astype(np.int32)
+  return {
+      "image/base": rng.integers(0, 255, size=(batch_size, T, IMG, IMG, 3), dtype=np.uint8),
+      "obs_mask": obs_mask, "state": state,
+      "text_tokens": tokens, "text_mask": np.ones((batch_size, L), bool),
+      "actions": actions.astype(np.float32), "action_mask": action_mask,
+  }
+
+
+def make_data_iterator(seed: int = 0, poison_step: int | None = None, on_batch=None):
+  """A ``make_data_iterator`` factory: each process slices its rows out of the global batch.
+
+  ``poison_step``: the batch of that step gets ``poison=True`` (the toy loss turns NaN).
+  ``on_batch(step)``: called before yielding the batch of ``step`` (tests send signals there).
+  """
+  def factory(*, start_step, local_batch_size, process_index, process_count):
+    step = start_step
+    while True:
+      if on_batch is not None:
+        on_batch(step)
+      batch = global_batch(step, local_batch_size * process_count, seed)
+      rows = slice(process_index * local_batch_size, (process_index + 1) * local_batch_size)
+      batch = {k: v[rows] for k, v in batch.items()}
+      batch["poison"] = np.full((local_batch_size,), step == poison_step)
+      yield batch
+      step += 1
+  return factory
+
+
+def make_config(**train_overrides) -> ml_collections.ConfigDict:
+  """A full experiment config with a tiny ``train`` section."""
+  train = default_train_config()
+  train.update(num_steps=6, batch_size=8, learning_rate=1e-2, warmup_steps=1, log_every=2,
+               checkpoint_every=2, keep_checkpoints=2, sharding_min_size=64)
+  mesh = train_overrides.pop("mesh", None)
+  train.update(**train_overrides)
+  if mesh is not None:
+    train.mesh.update(**mesh)
+  config = ml_collections.ConfigDict()
+  config.model = ml_collections.ConfigDict({"name": "toy", "hidden": 32})
+  config.train = train
+  return config

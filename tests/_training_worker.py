@@ -1,0 +1,66 @@
+"""Subprocess worker for the training tests (needs its own XLA device count / process / signals).
+
+Usage: ``python tests/_training_worker.py '<json spec>'``; the spec's ``mode`` is one of
+``sharding`` (8 simulated devices: losses per mesh + compile_check reports), ``multihost``
+(one process of a ``jax.distributed`` run) or ``train`` (one run, optionally SIGKILL/SIGTERM-ing
+itself when the batch of step ``kill_at`` / ``term_at`` is requested). Results go to ``spec.out``
+as JSON.
+"""
+
+import json
+import os
+import signal
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _losses(result):
+  return [h["loss"] for h in result.history]
+
+
+def _specs(state):
+  """PartitionSpec (as text) of every param, to check that fsdp really splits arrays."""
+  import jax
+  return {jax.tree_util.keystr(p): str(x.sharding.spec)
+          for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+
+
+def main(spec):
+  if spec["mode"] == "multihost":
+    from vla_jax.training import distributed
+    distributed.initialize(spec["coordinator"], spec["num_processes"], spec["process_id"])
+  import _training_toy as toy
+  import jax
+
+  from vla_jax.training import compile_check, trainer
+  out = {"devices": jax.device_count(), "processes": jax.process_count()}
+  if spec["mode"] == "sharding":
+    for name, mesh in spec["meshes"].items():
+      config = toy.make_config(mesh=mesh, **spec["train"])
+      result = trainer.train(config, os.path.join(spec["workdir"], name), model=toy.ToyModel(),
+                             make_data_iterator=toy.make_data_iterator())
+      out[name] = {"losses": _losses(result), "specs": _specs(result.state)}
+    for name, mesh in spec["compile_meshes"].items():
+      config = toy.make_config(mesh=mesh, **spec["train"])
+      batch = toy.global_batch(0, config.train.batch_size)
+      out["compile_" + name] = compile_check.compile_check(
+          toy.ToyModel(hidden=spec["compile_hidden"]), batch, config.train)
+  else:
+    def on_batch(step):
+      if step == spec.get("kill_at"):
+        os.kill(os.getpid(), signal.SIGKILL)
+      if step == spec.get("term_at"):
+        os.kill(os.getpid(), signal.SIGTERM)
+    config = toy.make_config(mesh=spec.get("mesh"), **spec["train"])
+    result = trainer.train(config, spec["workdir"], model=toy.ToyModel(),
+                           make_data_iterator=toy.make_data_iterator(on_batch=on_batch))
+    out.update(losses=_losses(result), step=result.step, preempted=result.preempted)
+  with open(spec["out"], "w") as f:
+    json.dump(out, f)
+
+
+if __name__ == "__main__":
+  main(json.loads(sys.argv[1]))

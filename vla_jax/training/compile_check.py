@@ -1,0 +1,92 @@
+"""Lower and compile the train step for a big model on a (simulated) mesh, without allocating.
+
+Params come from ``jax.eval_shape`` (ShapeDtypeStructs carrying the FSDP shardings), so a 3B-param
+model can be checked on a CPU host: e.g. under
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` with ``train.mesh = {data: 1, fsdp: 8}``.
+The report comes from XLA's compiled memory and cost analyses, which describe the per-device SPMD
+program.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from vla_jax.training import mesh as mesh_lib
+from vla_jax.training import optimizer as optimizer_lib
+from vla_jax.training import sharding as sharding_lib
+from vla_jax.training import train_step as step_lib
+from vla_jax.training import trainer
+
+GIB = 2**30
+
+
+def _fmt(num_bytes: int) -> str:
+  """Bytes as GiB or MiB, whichever reads better."""
+  return f"{num_bytes / GIB:.3f} GiB" if num_bytes >= GIB else f"{num_bytes / 2**20:.3f} MiB"
+
+
+def _nbytes(x) -> int:
+  return int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+
+
+def _per_device_bytes(tree: Any) -> int:
+  """Bytes one device holds of ``tree`` (ShapeDtypeStructs with shardings)."""
+  return sum(_nbytes(x) * int(np.prod(x.sharding.shard_shape(x.shape))) // max(
+      int(np.prod(x.shape)), 1) for x in jax.tree.leaves(tree))
+
+
+def compile_check(model: Any, example_batch: dict, train_config: ml_collections.ConfigDict,
+                  mesh: Mesh | None = None, print_fn: Callable[..., None] = print) -> dict:
+  """Compiles the real train step for ``model`` and reports memory per device.
+
+  Args:
+    model: policy-interface object (``init``, ``loss``).
+    example_batch: the GLOBAL batch (leading axis ``train_config.batch_size``) as arrays or
+      ``jax.ShapeDtypeStruct``s; nothing is allocated from it.
+    train_config: the ``train`` section (optimizer, ``ema_decay``, ``mesh``, ``sharding_min_size``).
+    mesh: defaults to ``make_mesh(train_config.mesh)``.
+
+  Returns:
+    dict with ``num_params``, ``state_bytes_per_device`` (params + optimizer + EMA shards),
+    ``argument_bytes``, ``output_bytes``, ``temp_bytes``, ``alias_bytes``, ``peak_bytes``
+    (arguments + outputs + temporaries - donated aliases; per device), ``flops`` (per device,
+    from the cost analysis; -1 if unavailable) and ``mesh``.
+  """
+  mesh = mesh if mesh is not None else mesh_lib.make_mesh(train_config.mesh)
+  example = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in example_batch.items()}
+  abstract_state, shardings = trainer.abstract_train_state(model, train_config, example, mesh)
+  batch_sharding = sharding_lib.batch_sharding(mesh)
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+                    for k, v in example.items()}
+  optimizer = optimizer_lib.make_optimizer(train_config)
+  schedule = optimizer_lib.learning_rate_schedule(train_config)
+  step_fn = step_lib.make_train_step(model, optimizer, schedule, train_config.ema_decay, mesh,
+                                     shardings)
+  compiled = step_fn.lower(abstract_state, abstract_batch).compile()
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  report = {
+      "mesh": dict(mesh.shape),
+      "num_params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params)),
+      "state_bytes_per_device": _per_device_bytes(abstract_state),
+      "argument_bytes": int(mem.argument_size_in_bytes),
+      "output_bytes": int(mem.output_size_in_bytes),
+      "temp_bytes": int(mem.temp_size_in_bytes),
+      "alias_bytes": int(mem.alias_size_in_bytes),
+      "flops": float(cost.get("flops", -1.0)) if cost else -1.0,
+  }
+  report["peak_bytes"] = (report["argument_bytes"] + report["output_bytes"] +
+                          report["temp_bytes"] - report["alias_bytes"])
+  print_fn(f"compile_check: mesh {report['mesh']}, {report['num_params'] / 1e6:.3f}M params; "
+           f"per device: state {_fmt(report['state_bytes_per_device'])}, "
+           f"arguments {_fmt(report['argument_bytes'])}, outputs {_fmt(report['output_bytes'])}, "
+           f"temporaries {_fmt(report['temp_bytes'])}, peak {_fmt(report['peak_bytes'])}, "
+           f"{report['flops'] / 1e9:.3f} GFLOP/step", flush=True)
+  return report
