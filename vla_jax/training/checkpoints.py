@@ -117,7 +117,7 @@ class Checkpointer:
     if config is not None and saved_assets.config is not None:
       problems += config_mismatches(saved_assets.config, config)
     meta = self.manager.item_metadata(step)["state"]
-    saved_params = meta["params"] if isinstance(meta, dict) else meta.params
+    saved_params = (meta.tree if hasattr(meta, "tree") else meta)["params"]
     problems += param_mismatches(flat_shapes(saved_params), flat_shapes(abstract_state.params))
     if problems:
       raise IncompatibleCheckpointError(

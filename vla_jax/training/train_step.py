@@ -31,7 +31,7 @@ def train_step(state: TrainState, batch: dict, *, model: Any,
     ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
                               state.ema_params, params)
   metrics = dict(metrics)
-  metrics.update(loss=loss, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params),
+  metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params),
                  learning_rate=schedule(state.step))
   metrics = jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
