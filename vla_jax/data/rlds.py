@@ -63,7 +63,7 @@ def open_builder(path: str) -> tfds.core.DatasetBuilder:
 def _image_decoders(features):
   """A decoders tree that skips decoding of every Image feature (nested dicts allowed)."""
   out = {}
-  for k in features.keys():
+  for k in features:
     f = features[k]
     if isinstance(f, tfds.features.Image):
       out[k] = tfds.decode.SkipDecoding()
@@ -110,7 +110,7 @@ def read_trajectories(path: str, spec: std_lib.DatasetSpec, cameras, *, split: s
   """
   name = dataset_name or spec.name
   builder = open_builder(path)
-  if "steps" not in builder.info.features.keys():
+  if "steps" not in builder.info.features:
     raise KeyError(f"dataset '{name}' at '{path}' is not RLDS: no 'steps' feature (has "
                    f"{list(builder.info.features.keys())})")
   step_features = builder.info.features["steps"].feature
@@ -129,15 +129,23 @@ def read_trajectories(path: str, spec: std_lib.DatasetSpec, cameras, *, split: s
   return ds.enumerate().map(to_traj, num_parallel_calls=1, deterministic=True)
 
 
-def iterate_numpy(ds: tf.data.Dataset, what: str):
-  """``ds.as_numpy_iterator()`` that turns TF read errors (corrupt records) into a clear error."""
-  it = ds.as_numpy_iterator()
-  while True:
+class iterate_numpy:
+  """``ds.as_numpy_iterator()`` that turns TF read errors (corrupt records) into a clear error.
+
+  A class rather than a generator so that no error handler runs at interpreter shutdown.
+  """
+
+  def __init__(self, ds: tf.data.Dataset, what: str):
+    self._it = ds.as_numpy_iterator()
+    self._what = what
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
     try:
-      yield next(it)
-    except StopIteration:
-      return
+      return next(self._it)
     except tf.errors.OpError as e:
-      raise RuntimeError(f"reading {what} failed (corrupt or unreadable record?): "
-                         f"{type(e).__name__}: {e.message.splitlines()[0] if e.message else e}"
-                         ) from e
+      first = e.message.splitlines()[0] if e.message else str(e)
+      raise RuntimeError(f"reading {self._what} failed (corrupt or unreadable record?): "
+                         f"{type(e).__name__}: {first}") from e

@@ -83,7 +83,7 @@ def bridge_features(image_size=(256, 256)) -> _F.FeaturesDict:
 
 def fractal_features(image_size=(256, 320)) -> _F.FeaturesDict:
   """``fractal20220817_data`` (RT-1): dict-valued action, many observation fields, no discount."""
-  t = lambda *shape, dtype=np.float32: _F.Tensor(shape=shape, dtype=dtype)  # noqa: E731
+  t = lambda *shape, dtype=np.float32: _F.Tensor(shape=shape, dtype=dtype)
   flags = _rlds_flags()
   del flags["discount"]  # fractal's steps have no discount field.
   return _F.FeaturesDict({

@@ -123,7 +123,7 @@ def feature_at(step_features, path: str):
 
 def _flat_keys(features, prefix="") -> list[str]:
   out = []
-  for k in features.keys():
+  for k in features:
     sub = features[k]
     path = f"{prefix}{k}"
     if hasattr(sub, "keys"):

@@ -46,7 +46,7 @@ def make_episode(kind: str, index: int, length: int, *, seed: int = 0, image_siz
   flags = rlds_features.rlds_flags(length)
   reward = np.zeros(length, np.float32)
   reward[-1] = 1.0
-  walk = lambda d: np.cumsum(rng.normal(size=(length, d)), 0).astype(np.float32)  # noqa: E731
+  walk = lambda d: np.cumsum(rng.normal(size=(length, d)), 0).astype(np.float32)
   if kind == "tabletop_demos":
     action = np.clip(rng.normal(size=(length, 4)), -1, 1).astype(np.float32)
     steps = {"observation": {"image_base": _images(rng, length, size), "state": walk(6)},
@@ -63,7 +63,7 @@ def make_episode(kind: str, index: int, length: int, *, seed: int = 0, image_siz
             **{f"has_image_{i}": i == 0 for i in range(4)}}
     return {"steps": steps, "episode_metadata": meta}
   if kind == "fractal20220817_data":
-    f = lambda *shape: rng.normal(size=(length, *shape)).astype(np.float32)  # noqa: E731
+    f = lambda *shape: rng.normal(size=(length, *shape)).astype(np.float32)
     action = {"base_displacement_vector": f(2), "base_displacement_vertical_rotation": f(1),
               "gripper_closedness_action": np.sign(f(1)), "rotation_delta": f(3),
               "terminate_episode": np.zeros((length, 3), np.int32), "world_vector": f(3)}
