@@ -40,7 +40,7 @@ from vla_jax.data import standardize as std_lib
 # The trainer owns the accelerators: the input pipeline must never grab a GPU.
 tf.config.set_visible_devices([], "GPU")
 
-_META_KEYS = ("episode_index", "step_index", "language_instruction")
+_META_KEYS = ("episode_index", "step_index", "dataset_index")
 
 
 def _datasets(data_config) -> list[tuple[str, Any]]:
@@ -139,7 +139,8 @@ def _dataset_steps(name, entry, stats, data_config, *, train, seed, index, proce
   ds = ds.map(lambda tr: traj_transforms.window_and_chunk(
       tr, window=cfg.window, horizon=cfg.horizon, cameras=cfg.cameras),
               num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
-  return ds.flat_map(tf.data.Dataset.from_tensor_slices)
+  ds = ds.flat_map(tf.data.Dataset.from_tensor_slices)
+  return ds.map(lambda ex: {**ex, "dataset_index": tf.constant(index, tf.int32)})
 
 
 def make_dataset(data_config, *, train: bool, batch_size: int, seed: int = 0,
@@ -158,8 +159,9 @@ def make_dataset(data_config, *, train: bool, batch_size: int, seed: int = 0,
       ``process_count`` disjoint episode shards of every dataset.
     start_step: skip this many batches (resume; see the module docstring).
     norm_stats: precomputed stats (e.g. from a checkpoint); computed/cached when None.
-    include_meta: keep ``episode_index``, ``step_index`` and ``language_instruction`` (strings)
-      in the batches (for tests and debugging).
+    include_meta: keep ``episode_index``, ``step_index``, ``dataset_index`` (position in
+      ``data_config.datasets``) and the ``language_instruction`` strings in the host batches
+      (for tests and debugging).
 
   Returns:
     (dataset of batch dicts with ``language_instruction`` string [B] kept for tokenization,
@@ -205,7 +207,7 @@ def make_dataset(data_config, *, train: bool, batch_size: int, seed: int = 0,
     ex = frame_transforms.process_images(ex, seed=seed_i, image_keys=image_keys,
                                          stored_shapes=shapes, size=cfg.image_size, cfg=aug)
     if not include_meta:
-      ex = {k: v for k, v in ex.items() if k not in _META_KEYS or k == "language_instruction"}
+      ex = {k: v for k, v in ex.items() if k not in _META_KEYS}
     return ex
 
   ds = ds.enumerate(start=start_step * batch_size).map(

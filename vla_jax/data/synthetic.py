@@ -91,7 +91,7 @@ def features_for(kind: str, image_size=None):
 
 
 def write_dataset(data_dir: str, kind: str, lengths: dict[str, Sequence[int]], *, seed: int = 0,
-                  image_size=None, name: str | None = None) -> str:
+                  image_size=None, name: str | None = None, edit=None) -> str:
   """Writes a synthetic RLDS dataset and returns its version directory.
 
   Args:
@@ -102,12 +102,15 @@ def write_dataset(data_dir: str, kind: str, lengths: dict[str, Sequence[int]], *
     seed: dataset seed.
     image_size: (H, W) of the stored images.
     name: dataset name (default ``kind``).
+    edit: optional ``edit(index, episode) -> episode`` applied before writing (e.g. to plant a
+      NaN for error tests).
   """
   name = name or kind
+  edit = edit or (lambda i, ep: ep)
   split_data, offset = {}, 0
   for split, lens in lengths.items():
     split_data[split] = [
-        (i, make_episode(kind, offset + i, n, seed=seed, image_size=image_size))
+        (i, edit(offset + i, make_episode(kind, offset + i, n, seed=seed, image_size=image_size)))
         for i, n in enumerate(lens)]
     offset += len(lens)
   builder = tfds.dataset_builders.store_as_tfds_dataset(
