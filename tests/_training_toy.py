@@ -6,6 +6,11 @@ subprocess worker ``_training_worker.py``.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -114,3 +119,31 @@ def make_config(**train_overrides) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict({"name": "toy", "hidden": 32})
   config.train = train
   return config
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(REPO_ROOT, "tests", "_training_worker.py")
+
+
+def start_worker(spec: dict, num_devices: int = 1) -> subprocess.Popen:
+  """Starts ``_training_worker.py`` with ``num_devices`` simulated CPU devices (set before jax)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+  return subprocess.Popen([sys.executable, WORKER, json.dumps(spec)], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish_worker(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+  """Waits for a worker; returns ``(returncode, combined output)``."""
+  out, _ = proc.communicate(timeout=timeout)
+  return proc.returncode, out
+
+
+def reference_run(workdir: str, **train_overrides):
+  """The same toy run on ONE device in this process (the baseline every layout must match)."""
+  from vla_jax.training import mesh as mesh_lib
+  from vla_jax.training import trainer
+  config = make_config(**train_overrides)
+  one = mesh_lib.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1])
+  return trainer.train(config, workdir, model=ToyModel(), make_data_iterator=make_data_iterator(),
+                       mesh=one, print_fn=lambda *a, **k: None)

@@ -125,7 +125,7 @@ class Checkpointer:
           + "\n  ".join(problems) + "\nUse a new workdir, or restore the original config.")
 
   def restore_state(self, step: int, abstract_state: Any) -> Any:
-    """Restores the full train state with the shardings of ``abstract_state`` (ShapeDtypeStructs)."""
+    """Restores the full train state, placed with the shardings of ``abstract_state``."""
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))
     return restored["state"]

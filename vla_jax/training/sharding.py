@@ -1,9 +1,9 @@
 """The parameter sharding rule and the batch sharding.
 
-Rule (DESIGN.md): an array with fewer than ``min_size`` elements is replicated; a bigger one is split
-over the ``fsdp`` axis along its largest dimension divisible by the fsdp size (replicated if none
-is). The rule looks only at shapes, so it applies unchanged to params, AdamW moments and EMA params,
-which therefore share one layout.
+Rule (DESIGN.md): an array with fewer than ``min_size`` elements is replicated; a bigger one is
+split over the ``fsdp`` axis along its largest dimension divisible by the fsdp size (replicated if
+none is). The rule looks only at shapes, so it applies unchanged to params, AdamW moments and EMA
+params, which therefore share one layout.
 """
 
 from __future__ import annotations
