@@ -53,7 +53,7 @@ def dct(x, axis: int = -2):
   x = xp.asarray(x)
   c = dct_matrix(x.shape[axis])
   c = c if xp is np else xp.asarray(c, dtype=x.dtype)
-  return xp.moveaxis(xp.tensordot(c, xp.moveaxis(x, axis, 0), axes=1), 0, axis)
+  return xp.moveaxis(c @ xp.moveaxis(x, axis, -2), -2, axis)  # Batched [H, H] @ [..., H, D].
 
 
 def idct(coeffs, axis: int = -2):
@@ -62,4 +62,4 @@ def idct(coeffs, axis: int = -2):
   coeffs = xp.asarray(coeffs)
   c = dct_matrix(coeffs.shape[axis])
   c = c if xp is np else xp.asarray(c, dtype=coeffs.dtype)
-  return xp.moveaxis(xp.tensordot(c.T, xp.moveaxis(coeffs, axis, 0), axes=1), 0, axis)
+  return xp.moveaxis(c.T @ xp.moveaxis(coeffs, axis, -2), -2, axis)
