@@ -9,6 +9,7 @@ as JSON.
 
 import json
 import os
+import resource
 import signal
 import sys
 
@@ -48,6 +49,13 @@ def main(spec):
       batch = toy.global_batch(0, config.train.batch_size)
       out["compile_" + name] = compile_check.compile_check(
           toy.ToyModel(hidden=spec["compile_hidden"]), batch, config.train)
+    # A 1.07B-param model: its train state (~12.9 GB in f32 with AdamW) must never be allocated.
+    config = toy.make_config(mesh={"data": 1, "fsdp": 8}, **spec["train"])
+    out["compile_big"] = compile_check.compile_check(
+        toy.ToyModel(hidden=32768), compile_check.batch_spec(
+            8, image_size=toy.IMG, history=toy.T, state_dim=toy.S, text_len=toy.L,
+            horizon=toy.H, action_dim=toy.D), config.train)
+    out["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   else:
     def on_batch(step):
       if step == spec.get("kill_at"):

@@ -56,3 +56,12 @@ def test_compile_check_reports_fsdp_memory_savings(sharded):
   assert fsdp["argument_bytes"] < data["argument_bytes"] / 6
   assert 0 < fsdp["peak_bytes"] < data["peak_bytes"]
   assert fsdp["flops"] > 0
+
+
+def test_compile_check_of_a_billion_params_allocates_nothing(sharded):
+  big = sharded["compile_big"]
+  assert big["num_params"] > 1e9
+  total_state = 12 * big["num_params"]  # f32 params + two AdamW moments.
+  assert big["state_bytes_per_device"] * 8 == pytest.approx(total_state, rel=0.01)
+  # The whole worker process stayed far below the size of one unsharded state.
+  assert sharded["max_rss_bytes"] < total_state / 4

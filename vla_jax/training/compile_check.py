@@ -41,6 +41,25 @@ def _per_device_bytes(tree: Any) -> int:
       int(np.prod(x.shape)), 1) for x in jax.tree.leaves(tree))
 
 
+def batch_spec(batch_size: int, *, image_size: int = 224, cameras: tuple[str, ...] = ("base",),
+               history: int = 1, state_dim: int = 8, text_len: int = 48, horizon: int = 10,
+               action_dim: int = 7) -> dict[str, jax.ShapeDtypeStruct]:
+  """A batch-contract example batch of ShapeDtypeStructs (nothing allocated), e.g. for
+  :func:`compile_check` of a PaliGemma-3B policy at 224x224 pixels."""
+  b, t = batch_size, history
+  spec = {f"image/{cam}": jax.ShapeDtypeStruct((b, t, image_size, image_size, 3), np.uint8)
+          for cam in cameras}
+  spec.update({
+      "obs_mask": jax.ShapeDtypeStruct((b, t), np.bool_),
+      "state": jax.ShapeDtypeStruct((b, t, state_dim), np.float32),
+      "text_tokens": jax.ShapeDtypeStruct((b, text_len), np.int32),
+      "text_mask": jax.ShapeDtypeStruct((b, text_len), np.bool_),
+      "actions": jax.ShapeDtypeStruct((b, horizon, action_dim), np.float32),
+      "action_mask": jax.ShapeDtypeStruct((b, horizon), np.bool_),
+  })
+  return spec
+
+
 def compile_check(model: Any, example_batch: dict, train_config: ml_collections.ConfigDict,
                   mesh: Mesh | None = None, print_fn: Callable[..., None] = print) -> dict:
   """Compiles the real train step for ``model`` and reports memory per device.

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from vla_jax.training import assets as assets_lib
@@ -122,6 +123,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model,
     if assets.example_batch is None:
       assets.example_batch = {k: np.asarray(v[:1]) for k, v in batch.items()}
     example = {k: np.asarray(v) for k, v in batch.items()}
+    if jax.process_count() > 1:
+      # Every process must trace init with identical inputs; each only holds its own rows.
+      example = multihost_utils.broadcast_one_to_all(example)
     abstract_state, state_shardings = abstract_train_state(model, tc, example, mesh)
 
     if start_step:
