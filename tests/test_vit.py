@@ -1,0 +1,90 @@
+"""ViT: variants, position embeddings, MAP pooling, scan layout, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vla_jax.models import vit, weights
+
+CFG = vit.ViTConfig(width=32, depth=2, mlp_dim=64, num_heads=4, patch_size=8, image_size=32)
+
+
+def _init(cfg, images):
+  model = vit.ViT(cfg)
+  params = jax.jit(model.init)(jax.random.key(0), images)
+  return model, params
+
+
+@pytest.fixture(scope="module")
+def images():
+  return jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1.0, maxval=1.0)
+
+
+@pytest.fixture(scope="module")
+def base(images):
+  model, params = _init(CFG, images)
+  return model, params, jax.jit(model.apply)
+
+
+def test_variants_by_name():
+  so = vit.get_config("So400m/14")
+  assert (so.width, so.depth, so.mlp_dim, so.num_heads, so.patch_size) == (1152, 27, 4304, 16, 14)
+  b16 = vit.get_config("B/16", image_size=256)
+  assert (b16.width, b16.depth, b16.patch_size, b16.num_patches) == (768, 12, 16, 256)
+  tiny = vit.get_config("tiny", patch_size=8, image_size=64)
+  assert tiny.num_patches == 64
+  with pytest.raises(KeyError, match="Unknown ViT variant 'Q/16'"):
+    vit.get_config("Q/16")
+  # The So400m/14 image tower has about 400M parameters (the name), 428M with its MAP head.
+  shapes = jax.eval_shape(vit.ViT(vit.get_config("So400m/14", pool_type="map")).init,
+                          jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+  count = sum(np.prod(x.shape) for x in jax.tree.leaves(shapes))
+  assert 4.0e8 < count < 4.4e8, count
+
+
+def test_tokens_map_head_and_sincos(images, base):
+  _, params, apply = base
+  out, aux = apply(params, images)
+  assert out.shape == (2, 16, 32) and aux["encoded"].shape == (2, 16, 32)
+  # Patch order is row-major: a change in the top-right patch moves token 3 first.
+  moved = images.at[:, :8, 24:].add(0.5)
+  out2, _ = apply(params, moved)
+  diff = np.abs(np.asarray(out2 - out)).max(axis=(0, 2))
+  assert diff[3] == diff.max()
+
+  cfg = vit.ViTConfig(**{**CFG.to_dict(), "pool_type": "map", "posemb": "sincos2d",
+                         "head_dim": 10})
+  model, params = _init(cfg, images)
+  assert "pos_embedding" not in params["params"] and "MAPHead_0" in params["params"]
+  out, aux = jax.jit(model.apply)(params, images)
+  assert out.shape == (2, 10) and aux["pre_logits"].shape == (2, 32)
+  pe = vit.posemb_sincos_2d(4, 4, 32)
+  assert pe.shape == (1, 16, 32)
+  np.testing.assert_allclose(pe[0, 0], np.r_[np.zeros(8), np.ones(8), np.zeros(8), np.ones(8)])
+
+
+def test_scan_and_unrolled_layouts_match(images, base):
+  _, params, apply = base
+  scan_cfg = vit.ViTConfig(**{**CFG.to_dict(), "scan": True, "remat": True})
+  scanned = vit.ViT(scan_cfg)
+  converted = weights.layers_to_scan(jax.device_get(params))
+  want = jax.eval_shape(scanned.init, jax.random.key(0), images)
+  assert jax.tree.map(np.shape, converted) == jax.tree.map(lambda a: a.shape, want)
+  out_a, _ = apply(params, images)
+  out_b, _ = jax.jit(scanned.apply)(converted, images)
+  np.testing.assert_allclose(out_a, out_b, atol=1e-5)
+  # And the gradient goes through remat + scan.
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(scanned.apply(p, images)[0] ** 2)))(converted)
+  g = grads["params"]["Transformer"]["encoderblock"]["MlpBlock_0"]["Dense_0"]["kernel"]
+  assert g.shape == (2, 32, 64) and float(jnp.abs(g).max()) > 0
+
+
+def test_bad_images_are_named(base):
+  _, params, apply = base
+  with pytest.raises(ValueError, match=r"images shape \(2, 48, 32, 3\), expected \[B, 32, 32, 3\]"):
+    apply(params, jnp.zeros((2, 48, 32, 3)))
+  with pytest.raises(ValueError, match="images dtype uint8"):
+    apply(params, jnp.zeros((2, 32, 32, 3), jnp.uint8))
+  with pytest.raises(ValueError, match="not a multiple of patch_size"):
+    vit.ViTConfig(width=32, depth=1, mlp_dim=8, num_heads=4, patch_size=7, image_size=32)
