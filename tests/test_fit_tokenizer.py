@@ -17,8 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(*args):
   env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-  return subprocess.run([sys.executable, "experiments/fit_tokenizer.py", *args], cwd=REPO,
-                        env=env, capture_output=True, text=True, timeout=120)
+  return subprocess.run([sys.executable, "experiments/fit_tokenizer.py", *args], check=False,
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_main_command_fits_and_saves(tmp_path):

@@ -121,9 +121,9 @@ class FastTokenizer:
 
   def _to_strings(self, coeffs: np.ndarray) -> list[str]:
     """int [B, H, D] (in range) -> B strings of H * D characters, frequency-major."""
-    codes = (coeffs.reshape(coeffs.shape[0], -1) - self.min_coeff + BASE_CODEPOINT)
+    n = self.action_horizon * self.action_dim
+    codes = coeffs.reshape(len(coeffs), n) - self.min_coeff + BASE_CODEPOINT
     text = codes.astype("<u4").tobytes().decode("utf-32-le")
-    n = codes.shape[1]
     return [text[i * n:(i + 1) * n] for i in range(codes.shape[0])]
 
   # --- fit --------------------------------------------------------------------------------------
