@@ -131,13 +131,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model,
     if start_step:
       checkpointer.check_compatible(start_step, abstract_state, config_dict)
       state = checkpointer.restore_state(start_step, abstract_state)
-      print_fn(f"Resumed from {checkpointer.directory} at step {start_step}", flush=True)
+      if jax.process_index() == 0:
+        print_fn(f"Resumed from {checkpointer.directory} at step {start_step}", flush=True)
     else:
       create = functools.partial(state_lib.create_train_state, model, optimizer,
                                  use_ema=tc.ema_decay > 0)
       base_rng = jax.random.key_data(jax.random.key(tc.seed))
       state = jax.jit(create, out_shardings=state_shardings)(base_rng, example)
 
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
+    if jax.process_index() == 0:
+      print_fn(f"Training {num_params / 1e6:.3f}M params on mesh {dict(mesh.shape)} "
+               f"({jax.process_count()} processes), global batch {tc.batch_size} "
+               f"({local_bs} per process), steps {start_step} -> {tc.num_steps}", flush=True)
     step_fn = step_lib.make_train_step(model, optimizer, schedule, tc.ema_decay, mesh,
                                        state_shardings)
     return _loop(tc, state, batch, data, start_step, step_fn, mesh, checkpointer, assets, workdir,
