@@ -8,6 +8,8 @@ import pytest
 import scipy.fft
 
 from vla_jax.tokenizers import dct, vocab
+from vla_jax.tokenizers.assets import load_action_tokenizer
+from vla_jax.tokenizers.binning import BinningTokenizer
 from vla_jax.tokenizers.fast import BASE_CODEPOINT, FastTokenizer
 from vla_jax.tokenizers.synthetic import smooth_chunks
 
@@ -175,3 +177,15 @@ def test_corrupt_saved_tokenizer_raises(fast10, tmp_path, edit, match):
     f.write(edit(blob))
   with pytest.raises(ValueError, match=f"Corrupt FAST tokenizer .*{match}"):
     FastTokenizer.load(str(tmp_path))
+
+
+def test_load_action_tokenizer_picks_the_saved_kind(fast10, tmp_path):
+  with pytest.raises(FileNotFoundError, match="No action tokenizer"):
+    load_action_tokenizer(str(tmp_path))
+  fast10.save(str(tmp_path / "f"))
+  assert isinstance(load_action_tokenizer(str(tmp_path / "f")), FastTokenizer)
+  BinningTokenizer.uniform(D).save(str(tmp_path / "b"))
+  assert isinstance(load_action_tokenizer(str(tmp_path / "b")), BinningTokenizer)
+  BinningTokenizer.uniform(D).save(str(tmp_path / "f"))
+  with pytest.raises(ValueError, match="both"):
+    load_action_tokenizer(str(tmp_path / "f"))
