@@ -1,0 +1,224 @@
+"""Demonstrations from the scripted experts, rolled out in batch, as RLDS episodes.
+
+:func:`rollout_batch` runs ``N`` episodes at once (``jit(vmap(reset + lax.scan(expert, step)))``,
+one compilation for every batch of the same size) and returns numpy arrays; :func:`episodes`
+turns a split's rollouts into TFDS-encodable RLDS episodes; :func:`build_demo_dataset` writes the
+``tabletop_demos`` dataset (train + validation) through the TFDS builder in
+``data/tabletop_demos``.
+
+Episode ``i`` of a split is reset from ``jax.random.PRNGKey(seed)`` with ``seed = base + i``
+(``base`` = config seed for train, + 10_000_000 for validation), so every episode can be replayed
+alone from its metadata: ``env.reset(jax.random.split(jax.random.PRNGKey(seed))[0])``.
+
+An episode is kept from its first step until ``steps_after_success`` steps after the expert first
+succeeds (so demos show the goal being held briefly rather than 30 idle steps), or the full
+horizon when it never succeeds (dropped unless ``keep_failures``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from vla_jax.data import rlds_features
+
+VALIDATION_SEED_OFFSET = 10_000_000
+DATASET_NAME = "tabletop_demos"
+_BUILDER_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "data", DATASET_NAME, f"{DATASET_NAME}_dataset_builder.py")
+
+
+def default_collect_config() -> ml_collections.ConfigDict:
+  """Collection settings (``config.collect`` of configs/collect_demos.py) + ``config.env``."""
+  from vla_jax import envs  # pylint: disable=g-import-not-at-top
+  env_config = envs.default_env_config()
+  return ml_collections.ConfigDict({
+      "num_train_episodes": 1200,  # over the 4-task suite: ~300 per task (tasks drawn uniformly)
+      "num_validation_episodes": 80,
+      "seed": 0,
+      "batch_envs": 200,  # episodes simulated at once (one compilation)
+      "noise_scale": 0.1,  # expert action noise (fraction of the action range)
+      "steps_after_success": 5,
+      "keep_failures": False,
+      "env": env_config,
+  })
+
+
+@dataclasses.dataclass
+class RolloutBatch:
+  """numpy arrays of ``N`` episodes of ``T = env.horizon`` steps.
+
+  images: camera -> uint8 [N, T, H, W, 3] (observation before each action); state f32 [N, T, S];
+  action f32 [N, T, D]; reward f32 [N, T] (after the action); success bool [N, T] (latched, after
+  the action); error bool [N, T]; task_id, instruction_id int32 [N]; seed int64 [N].
+  """
+  images: dict[str, np.ndarray]
+  state: np.ndarray
+  action: np.ndarray
+  reward: np.ndarray
+  success: np.ndarray
+  error: np.ndarray
+  task_id: np.ndarray
+  instruction_id: np.ndarray
+  seed: np.ndarray
+
+
+def make_rollout_fn(env, expert_fn, noise_scale: float):
+  """``jit(vmap)``-ed ``seeds int32 [N] -> per-step outputs`` of the expert in ``env``."""
+
+  def one(seed):
+    k_reset, k_expert = jax.random.split(jax.random.PRNGKey(seed))
+    state0 = env.reset(k_reset)
+
+    def step(state, key):
+      action = expert_fn(env, state, key, noise_scale=noise_scale)
+      nxt = env.step(state, action)
+      out = {"obs": state.obs, "action": action.astype(jnp.float32), "reward": nxt.reward,
+             "success": nxt.success, "error": jnp.asarray(nxt.info["error"], bool)}
+      return nxt, out
+
+    _, traj = jax.lax.scan(step, state0, jax.random.split(k_expert, env.horizon))
+    return traj, state0.info["task_id"], state0.info["instruction_id"]
+
+  return jax.jit(jax.vmap(one))
+
+
+def rollout_batch(rollout_fn, env, seeds: np.ndarray) -> RolloutBatch:
+  """Runs ``rollout_fn`` on int seeds [N] and moves the results to numpy."""
+  traj, task_id, instruction_id = jax.device_get(rollout_fn(jnp.asarray(seeds, jnp.int32)))
+  return RolloutBatch(
+      images={c: np.asarray(traj["obs"][f"image/{c}"]) for c in env.camera_names},
+      state=np.asarray(traj["obs"]["state"], np.float32),
+      action=np.asarray(traj["action"], np.float32), reward=np.asarray(traj["reward"], np.float32),
+      success=np.asarray(traj["success"], bool), error=np.asarray(traj["error"], bool),
+      task_id=np.asarray(task_id, np.int32), instruction_id=np.asarray(instruction_id, np.int32),
+      seed=np.asarray(seeds, np.int64))
+
+
+def episode_length(success: np.ndarray, steps_after_success: int) -> int:
+  """Kept steps of one episode given its latched success flags bool [T]."""
+  hits = np.flatnonzero(success)
+  if not len(hits):
+    return len(success)
+  return int(min(hits[0] + 1 + steps_after_success, len(success)))
+
+
+def to_episode(batch: RolloutBatch, i: int, env, steps_after_success: int,
+               episode_id: int) -> dict:
+  """Episode ``i`` of ``batch`` as a TFDS-encodable RLDS dict (see rlds_features)."""
+  n = episode_length(batch.success[i], steps_after_success)
+  text = env.instructions[int(batch.instruction_id[i])]
+  success = bool(batch.success[i, n - 1])
+  flags = rlds_features.rlds_flags(n)
+  flags["is_terminal"][-1] = success  # a success ends the task; a horizon cut does not.
+  obs = {f"image_{c}": batch.images[c][i, :n] for c in env.camera_names}
+  obs["state"] = batch.state[i, :n]
+  steps = {"observation": obs, "action": batch.action[i, :n], "reward": batch.reward[i, :n],
+           "language_instruction": [text] * n, **flags}
+  task_id = int(batch.task_id[i])
+  meta = {"task": env.task_names[task_id], "task_id": task_id,
+          "instruction_id": int(batch.instruction_id[i]), "seed": int(batch.seed[i]),
+          "success": success, "episode_id": episode_id}
+  return {"steps": steps, "episode_metadata": meta}
+
+
+def split_seeds(collect_config, split: str) -> np.ndarray:
+  """Reset seeds of every episode of ``split`` ("train" | "validation")."""
+  if split == "train":
+    n, base = collect_config.num_train_episodes, collect_config.seed
+  elif split == "validation":
+    n = collect_config.num_validation_episodes
+    base = collect_config.seed + VALIDATION_SEED_OFFSET
+  else:
+    raise KeyError(f"unknown split '{split}'; expected train or validation")
+  return base + np.arange(n, dtype=np.int64)
+
+
+def episodes(collect_config, split: str, env, rollout_fn, stats: dict | None = None
+             ) -> Iterator[tuple[int, dict]]:
+  """Yields ``(key, episode)`` for ``split``, simulating ``batch_envs`` episodes at a time.
+
+  ``stats`` (if given) receives per-task counts of kept/successful/dropped episodes.
+  """
+  cfg = collect_config
+  seeds = split_seeds(cfg, split)
+  bs = cfg.batch_envs
+  kept = 0
+  bar = tqdm.tqdm(total=len(seeds), desc=f"rollouts {split}", unit="ep")
+  for start in range(0, len(seeds), bs):
+    chunk = seeds[start:start + bs]
+    padded = np.concatenate([chunk, np.full(bs - len(chunk), chunk[-1])])  # one static shape
+    batch = rollout_batch(rollout_fn, env, padded)
+    for i in range(len(chunk)):
+      task = env.task_names[int(batch.task_id[i])]
+      if stats is not None:
+        counts = stats.setdefault(split, {}).setdefault(task, {"episodes": 0, "success": 0,
+                                                               "dropped": 0})
+        counts["episodes"] += 1
+        counts["success"] += int(batch.success[i].any())
+      if batch.error[i].any() or not (cfg.keep_failures or batch.success[i].any()):
+        if stats is not None:
+          counts["dropped"] += 1
+        continue
+      yield kept, to_episode(batch, i, env, cfg.steps_after_success, episode_id=start + i)
+      kept += 1
+    bar.update(len(chunk))
+  bar.close()
+
+
+def load_builder_module():
+  """Imports ``data/tabletop_demos/tabletop_demos_dataset_builder.py`` (once per process)."""
+  mod_name = f"{DATASET_NAME}_dataset_builder"
+  if mod_name in sys.modules:
+    return sys.modules[mod_name]
+  if not os.path.exists(_BUILDER_FILE):
+    raise FileNotFoundError(f"TFDS builder not found at {_BUILDER_FILE} (run from a source "
+                            "checkout: the builder lives in the repository's data/ directory)")
+  spec = importlib.util.spec_from_file_location(mod_name, _BUILDER_FILE)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[mod_name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+def build_demo_dataset(collect_config, data_dir: str, *, overwrite: bool = False, env=None,
+                       expert_fn=None) -> str:
+  """Builds ``tabletop_demos`` into ``data_dir`` (if absent) and returns its version directory.
+
+  Args:
+    collect_config: :func:`default_collect_config`-like ConfigDict.
+    data_dir: TFDS data dir; the dataset lands in ``data_dir/tabletop_demos/<version>``.
+    overwrite: rebuild even if a finished dataset is there.
+    env, expert_fn: stand-ins for the MJX suite and its experts (default: the real ones).
+
+  Returns:
+    The version directory, e.g. ``data_dir/tabletop_demos/1.0.0`` (pass it as
+    ``config.data.datasets.tabletop_demos.path``).
+  """
+  module = load_builder_module()
+  builder = module.Builder(data_dir=data_dir, collect_config=collect_config, env=env,
+                           expert_fn=expert_fn)
+  path = os.fspath(builder.data_path)
+  if builder.is_prepared() and not overwrite:
+    print(f"{DATASET_NAME}: already built at {path}")
+    return path
+  if overwrite and os.path.exists(path):
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(path)
+    builder = module.Builder(data_dir=data_dir, collect_config=collect_config, env=env,
+                           expert_fn=expert_fn)
+  t0 = time.time()
+  builder.download_and_prepare(file_format="tfrecord")
+  print(f"{DATASET_NAME}: built at {path} in {time.time() - t0:.1f} s; "
+        f"episodes: { {s: v.num_examples for s, v in builder.info.splits.items()} }")
+  return path
