@@ -1,4 +1,9 @@
-"""Host-local numpy batches -> global ``jax.Array`` sharded over the mesh's data axes."""
+"""Host-local numpy batches -> global ``jax.Array`` sharded over the mesh's data axes.
+
+The conversion itself is the data pipeline's :func:`vla_jax.data.multihost.host_to_global`
+(``jax.make_array_from_process_local_data``); this module adds the train loop's checks against the
+configured global batch size.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from vla_jax.training import sharding as sharding_lib
+from vla_jax.data import multihost
+from vla_jax.training import mesh as mesh_lib
 
 
 def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
@@ -33,14 +39,10 @@ def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh, global_batch_size: in
     ValueError: naming the key whose leading axis is not the expected local batch size.
   """
   local = local_batch_size(global_batch_size, mesh)
-  sharding = sharding_lib.batch_sharding(mesh)
-  out = {}
   for key, value in batch.items():
-    value = np.asarray(value)
-    if value.ndim == 0 or value.shape[0] != local:
-      raise ValueError(f"batch['{key}'] has shape {value.shape}; expected a leading axis of "
+    shape = np.shape(value)
+    if not shape or shape[0] != local:
+      raise ValueError(f"batch['{key}'] has shape {shape}; expected a leading axis of "
                        f"{local} (global batch {global_batch_size} / {jax.process_count()} "
                        "processes)")
-    out[key] = jax.make_array_from_process_local_data(
-        sharding, value, (global_batch_size,) + value.shape[1:])
-  return out
+  return multihost.host_to_global(batch, mesh, mesh_lib.BATCH_AXES)

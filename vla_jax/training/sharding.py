@@ -13,6 +13,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vla_jax.data import multihost
 from vla_jax.training import mesh as mesh_lib
 
 
@@ -41,8 +42,8 @@ def tree_shardings(tree: Any, mesh: Mesh, min_size: int) -> Any:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over all mesh axes; other axes whole."""
-  return NamedSharding(mesh, PartitionSpec(mesh_lib.BATCH_AXES))
+  """Leading (batch) axis split over all mesh axes; other axes whole (the data pipeline's rule)."""
+  return multihost.batch_sharding(mesh, mesh_lib.BATCH_AXES)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
