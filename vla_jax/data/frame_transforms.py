@@ -36,8 +36,12 @@ class AugmentConfig:
 
 
 def decode(encoded: tf.Tensor, stored_shape) -> tf.Tensor:
-  """Encoded PNG/JPEG bytes ``string [W]`` -> uint8 ``[W, h, w, 3]`` (h, w = stored shape)."""
-  h, w = stored_shape[0], stored_shape[1]
+  """Encoded PNG/JPEG bytes ``string [W]`` -> uint8 ``[W, h, w, 3]``.
+
+  ``stored_shape`` (h, w) is the static size when known; None when a mixture stores different
+  sizes under one camera (then the size is dynamic and :func:`resize` always runs).
+  """
+  h, w = stored_shape if stored_shape is not None else (None, None)
 
   def one(s):
     img = tf.io.decode_image(s, channels=3, expand_animations=False, dtype=tf.uint8)
