@@ -12,6 +12,7 @@ import os
 import resource
 import signal
 import sys
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -62,6 +63,10 @@ def main(spec):
         os.kill(os.getpid(), signal.SIGKILL)
       if step == spec.get("term_at"):
         os.kill(os.getpid(), signal.SIGTERM)
+      if spec.get("term_at") is not None and step > spec["term_at"]:
+        # Slow steps after the notice: JAX's multi-process preemption sync (an RPC round through
+        # the coordinator) would otherwise lose the race against the toy's millisecond steps.
+        time.sleep(spec.get("sleep_after_term", 0.0))
     config = toy.make_config(mesh=spec.get("mesh"), **spec["train"])
     result = trainer.train(config, spec["workdir"], model=toy.ToyModel(),
                            make_data_iterator=toy.make_data_iterator(on_batch=on_batch))
