@@ -33,10 +33,8 @@ def main(argv):
   logging.info("[2/2] Summary")
   info = rlds.open_builder(path).info
   splits = {s: v.num_examples for s, v in info.splits.items()}
-  steps = {s: int(v.statistics.num_examples) if v.statistics else None
-           for s, v in info.splits.items()}
   print(f"dataset: {path}")
-  print(f"episodes per split: {splits} (steps not counted by TFDS: {steps})")
+  print(f"episodes per split: {splits}")
   print("per-task counts: " + json.dumps(info.metadata.get("counts", {}), sort_keys=True))
   print(f"wall-clock: {seconds:.1f} s")
 

@@ -40,8 +40,8 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     small stand-ins with the same contract)."""
     self._collect = collect_config or collect.default_collect_config()
     if env is None:
-      from vla_jax import envs  # pylint: disable=g-import-not-at-top
-      env = envs.make_env(self._collect.env)
+      from vla_jax.envs import tabletop  # pylint: disable=g-import-not-at-top
+      env = tabletop.make_env(self._collect.env)
     if expert_fn is None:
       from vla_jax.envs import experts  # pylint: disable=g-import-not-at-top
       expert_fn = experts.expert_action

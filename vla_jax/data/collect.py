@@ -40,8 +40,8 @@ _BUILDER_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 
 def default_collect_config() -> ml_collections.ConfigDict:
   """Collection settings (``config.collect`` of configs/collect_demos.py) + ``config.env``."""
-  from vla_jax import envs  # pylint: disable=g-import-not-at-top
-  env_config = envs.default_env_config()
+  from vla_jax.envs import tabletop  # pylint: disable=g-import-not-at-top
+  env_config = tabletop.default_env_config()
   return ml_collections.ConfigDict({
       "num_train_episodes": 1200,  # over the 4-task suite: ~300 per task (tasks drawn uniformly)
       "num_validation_episodes": 80,
