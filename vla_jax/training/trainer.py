@@ -122,7 +122,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model,
     batch = _next_batch(data, start_step)
     if assets.example_batch is None:
       assets.example_batch = {k: np.asarray(v[:1]) for k, v in batch.items()}
-    example = {k: np.asarray(v) for k, v in batch.items()}
+    # One row is enough to trace init (param shapes never depend on the batch size).
+    example = {k: np.asarray(v[:1]) for k, v in batch.items()}
     if jax.process_count() > 1:
       # Every process must trace init with identical inputs; each only holds its own rows.
       example = multihost_utils.broadcast_one_to_all(example)
