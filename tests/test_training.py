@@ -79,6 +79,8 @@ def test_model_learns_and_progress_is_reported(learned_run):
   assert result.step == 40 and not result.preempted and len(losses) == 4
   assert losses[-1] < 0.4 * losses[0], losses
   assert all(np.isfinite(h["grad_norm"]) and h["examples_per_s"] > 0 for h in result.history)
+  assert result.train_step._cache_size() == 1  # 40 steps (and 4 checkpoints), one compilation.
+  assert lines[0].startswith("Training 0.002M params on mesh {'data': ")
   assert lines[-1].startswith("step 40/40 loss ")
   for word in ("steps/s", "examples/s", "ETA"):
     assert word in lines[-1]

@@ -57,11 +57,13 @@ class TrainResult:
     step: the step reached (== ``num_steps`` unless preempted).
     preempted: True when SIGTERM stopped the run (a checkpoint at ``step`` was saved).
     history: the logged metric dicts (interval means, with ``step``, ``steps_per_s``...).
+    train_step: the jitted step function ``(state, batch) -> (state, metrics)`` that ran.
   """
   state: state_lib.TrainState
   step: int
   preempted: bool
   history: list[dict[str, float]]
+  train_step: Callable | None = None
 
 
 def abstract_train_state(model: Model, train_config: ml_collections.ConfigDict,
@@ -197,7 +199,8 @@ def _loop(tc, state, batch, data, start_step, step_fn, mesh, checkpointer, asset
           batch = _next_batch(data, step)
   finally:
     logger.close()
-  return TrainResult(state=state, step=step, preempted=preempted, history=history)
+  return TrainResult(state=state, step=step, preempted=preempted, history=history,
+                     train_step=step_fn)
 
 
 def _fetch_and_check(pending: list[tuple[int, dict]], last_saved: int, ckpt_dir: str) -> list[dict]:
