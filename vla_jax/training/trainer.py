@@ -1,6 +1,17 @@
 """The one train loop: build mesh and state, resume, step, log, checkpoint, stop on NaN/SIGTERM.
 
-``experiments/train.py`` is a thin absl wrapper around :func:`train`.
+``experiments/train.py`` is a thin absl wrapper around :func:`train`, e.g.::
+
+  def make_data_iterator(*, start_step, local_batch_size, process_index, process_count):
+    it, _ = pipeline.make_train_iterator(
+        config.data, text_tokenizer=tok, batch_size=local_batch_size, seed=config.train.seed,
+        process_index=process_index, process_count=process_count, start_step=start_step)
+    return it
+
+  trainer.train(config, workdir, model=policy, make_data_iterator=make_data_iterator,
+                assets=Assets(norm_stats=stats, tokenizers={"text": tok}))
+
+Multi-host: call :func:`vla_jax.training.distributed.initialize` first, in every process.
 """
 
 from __future__ import annotations
