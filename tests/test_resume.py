@@ -21,8 +21,9 @@ TRAIN = {"num_steps": 6, "checkpoint_every": 2, "log_every": 2}
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-  result = toy.reference_run(str(tmp_path_factory.mktemp("ref")), **TRAIN)
-  return jax.device_get(result.state.params), [h["loss"] for h in result.history]
+  workdir = str(tmp_path_factory.mktemp("ref"))
+  result = toy.reference_run(workdir, **TRAIN)
+  return jax.device_get(result.state.params), [h["loss"] for h in result.history], workdir
 
 
 def _steps(workdir):
@@ -32,7 +33,7 @@ def _steps(workdir):
 def _resume_and_compare(workdir, reference):
   result = toy.reference_run(workdir, **TRAIN)
   assert result.step == 6 and not result.preempted
-  ref_params, ref_losses = reference
+  ref_params, ref_losses, _ = reference
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(result.state.params), ref_params)
   # The resumed run logs the last intervals with the same losses as the uninterrupted one.
   np.testing.assert_array_equal([h["loss"] for h in result.history],
@@ -60,10 +61,8 @@ def test_interrupted_run_resumes_exactly(tmp_path, reference, signal_name):
   _resume_and_compare(workdir, reference)
 
 
-def test_resume_at_the_end_is_a_no_op(tmp_path, reference):
-  workdir = str(tmp_path)
-  toy.reference_run(workdir, **TRAIN)
-  again = toy.reference_run(workdir, **TRAIN)
+def test_resume_at_the_end_is_a_no_op(reference):
+  again = toy.reference_run(reference[2], **TRAIN)
   assert again.step == 6 and again.history == []
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(again.state.params), reference[0])
   assert isinstance(again, trainer.TrainResult)
