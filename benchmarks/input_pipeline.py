@@ -20,15 +20,15 @@ import os
 import tempfile
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from vla_jax.data import config as data_config_lib
 from vla_jax.data import pipeline, synthetic
 
 _PATH = flags.DEFINE_string("data_path", "", "TFDS dataset dir (default: synthetic demos).")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Host batch size (tiny training config: 64).")
-_BATCHES = flags.DEFINE_integer("batches", 30, "Timed batches per measurement.")
-_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed batches first.")
+_BATCHES = flags.DEFINE_integer("batches", 100, "Timed batches per measurement.")
+_WARMUP = flags.DEFINE_integer("warmup", 10, "Untimed batches first.")
 _EPISODES = flags.DEFINE_integer("episodes", 60, "Synthetic episodes.")
 _LEN = flags.DEFINE_integer("episode_len", 40, "Synthetic steps per episode.")
 _WINDOW = flags.DEFINE_integer("window", 1, "Observation history frames.")
@@ -60,6 +60,7 @@ def _measure(it, batches, warmup):
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # TFDS logs every dataset construction at INFO.
   tmp = tempfile.mkdtemp(prefix="bench_pipe_")
   path = _PATH.value
   if not path:

@@ -65,7 +65,7 @@ def test_eval_windows_and_chunks_match_the_episodes(paths):
                                           include_meta=True)
   (batch,) = list(it)  # 4 + 3 validation steps = one batch; then the pass ends
   s = stats["tabletop_demos"]
-  assert s["action"]["mask"] == [True] * 4  # tabletop: the spec's default mask
+  assert s["action"]["mask"] == [True] * 3 + [False]  # tabletop: the gripper stays raw
   assert batch["image/base"].shape == (7, 2, 8, 8, 3) and batch["image/base"].dtype == np.uint8
   assert batch["actions"].shape == (7, 3, 4) and batch["state"].shape == (7, 2, 6)
   k = 0

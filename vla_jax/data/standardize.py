@@ -77,8 +77,9 @@ register(DatasetSpec(
     state_keys=("observation/state",),
     action_keys=("action",),
     language_key="language_instruction",
-    # The last action dimension is the gripper command in [-1, 1]: kept raw.
-    action_norm_mask=None,
+    # Action = end-effector velocity xyz + gripper command (-1 open ... +1 closed, see
+    # vla_jax/envs/tabletop.py): the gripper stays raw. State = ee xyz + gripper opening.
+    action_norm_mask=(True, True, True, False),
 ))
 
 register(DatasetSpec(
