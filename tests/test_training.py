@@ -2,6 +2,7 @@
 
 import glob
 import os
+import struct
 
 import _training_toy as toy
 import jax
@@ -86,11 +87,31 @@ def test_model_learns_and_progress_is_reported(learned_run):
     assert word in lines[-1]
 
 
+def _tensorboard_scalars(path: str, tag: str) -> dict[int, float]:
+  """Reads one tag from an event file (TFRecord framing: u64 length, u32 crc, data, u32 crc)."""
+  from tensorboardX.proto import event_pb2
+  with open(path, "rb") as f:
+    data = f.read()
+  out, i = {}, 0
+  while i < len(data):
+    (length,) = struct.unpack("<Q", data[i:i + 8])
+    event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+    i += 12 + length + 4
+    for value in event.summary.value:
+      if value.tag == tag:
+        out[event.step] = value.simple_value
+  return out
+
+
 def test_checkpoints_keep_last_n_and_tensorboard(learned_run):
-  workdir, _, _ = learned_run
+  workdir, result, _ = learned_run
   steps = sorted(int(os.path.basename(p)) for p in glob.glob(f"{workdir}/checkpoints/*"))
   assert steps == [30, 40]
-  assert glob.glob(f"{workdir}/tensorboard/events.out.tfevents.*")
+  (events,) = glob.glob(f"{workdir}/tensorboard/events.out.tfevents.*")
+  logged = _tensorboard_scalars(events, "train/loss")
+  np.testing.assert_allclose([logged[s] for s in (10, 20, 30, 40)],
+                             [h["loss"] for h in result.history], rtol=1e-6)
+  assert set(_tensorboard_scalars(events, "train/learning_rate")) == {10, 20, 30, 40}
 
 
 def test_params_only_checkpoint_holds_ema_params_and_assets(learned_run):
