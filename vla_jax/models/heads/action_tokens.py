@@ -1,0 +1,140 @@
+"""Action tokens inside the LM vocabulary, and in-``jit`` access to the action tokenizers.
+
+Vocabulary layout of the token heads: ``[text ids | special ids | action ids]``. The N action ids
+of the tokenizer take the last N ids of the LM vocabulary (:class:`ActionVocabMapping`, as OpenVLA
+and pi0-FAST), the head's special ids (autoregressive: begin-of-action BOA and EOS; discrete
+diffusion: MASK) sit right before them. With ``vocab_size = 0`` the LM vocabulary is sized to
+``text_vocab_size + specials + N`` (a backbone trained from scratch); a given ``vocab_size`` (a
+pretrained LM) must leave the text ids below the special ids.
+
+Tokenizers inside ``jit``: the binning tokenizer is pure ``jax.numpy``. FAST's BPE runs on host, so
+:func:`encode_chunks` / :func:`decode_ids` wrap it in ``jax.pure_callback`` with static shapes:
+encode pads to ``max_len`` (a chunk needing more tokens raises, naming it), decode returns the
+actions with a validity mask (invalid rows are NaN, never zeros).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vla_jax.tokenizers import binning, fast
+from vla_jax.tokenizers.vocab import ActionVocabMapping
+
+Array = jax.Array
+ActionTokenizer = binning.BinningTokenizer | fast.FastTokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLayout:
+  """Where text, special and action ids live in the LM vocabulary (see the module docstring).
+
+  Attributes:
+    text_vocab_size: ids ``[0, text_vocab_size)`` are text.
+    num_action_ids: N, the action tokenizer's vocabulary.
+    num_special: special ids right before the action block.
+    vocab_size: LM vocabulary size; 0 = ``text_vocab_size + num_special + N``.
+  """
+
+  text_vocab_size: int
+  num_action_ids: int
+  num_special: int
+  vocab_size: int = 0
+
+  def __post_init__(self):
+    need = self.text_vocab_size + self.num_special + self.num_action_ids
+    if self.vocab_size == 0:
+      object.__setattr__(self, "vocab_size", need)
+    if self.vocab_size < need:
+      raise ValueError(f"TokenLayout: LM vocab_size={self.vocab_size} cannot hold "
+                       f"{self.text_vocab_size} text + {self.num_special} special + "
+                       f"{self.num_action_ids} action ids ({need})")
+
+  @property
+  def mapping(self) -> ActionVocabMapping:
+    return ActionVocabMapping(self.vocab_size, self.num_action_ids)
+
+  @property
+  def action_start(self) -> int:
+    return self.mapping.start
+
+  def special(self, i: int) -> int:
+    """LM id of special token ``i`` (0-based, in order before the action block)."""
+    if not 0 <= i < self.num_special:
+      raise IndexError(f"TokenLayout: special id {i} not in [0, {self.num_special})")
+    return self.action_start - self.num_special + i
+
+  def to_lm(self, ids: Array) -> Array:
+    """Action ids [...] in [0, N) -> LM ids (jit-able; out-of-range ids become -1)."""
+    return self.mapping.to_host_ids(ids)
+
+  def from_lm(self, lm_ids: Array) -> Array:
+    """LM ids [...] -> action ids; ids outside the action block become -1 (jit-able)."""
+    ids = jnp.asarray(lm_ids, jnp.int32) - self.action_start
+    return jnp.where((ids >= 0) & (ids < self.num_action_ids), ids, -1)
+
+
+def num_action_ids(tokenizer: ActionTokenizer) -> int:
+  return int(tokenizer.vocab_size)
+
+
+def max_tokens(tokenizer: ActionTokenizer, horizon: int, max_fast_tokens: int) -> int:
+  """Token slots per chunk: H * D for binning, ``max_fast_tokens`` for FAST."""
+  if isinstance(tokenizer, binning.BinningTokenizer):
+    return tokenizer.tokens_per_chunk(horizon)
+  return int(max_fast_tokens)
+
+
+def encode_chunks(tokenizer: ActionTokenizer, actions: Array, max_len: int) -> tuple[Array, Array]:
+  """Action chunks float [B, H, D] -> ``(ids int32 [B, max_len], lengths int32 [B])`` in jit.
+
+  Binning: ``max_len = H * D`` tokens, all valid. FAST: a host callback; padding id 0 after each
+  sequence (masked by ``lengths``).
+  """
+  if isinstance(tokenizer, binning.BinningTokenizer):
+    ids = tokenizer.encode(actions)
+    if ids.shape[1] != max_len:
+      raise ValueError(f"encode_chunks: binning gives {ids.shape[1]} tokens, expected {max_len}")
+    return ids, jnp.full((ids.shape[0],), max_len, jnp.int32)
+  b = actions.shape[0]
+
+  def host_encode(a):
+    ids, lengths = tokenizer.encode(np.asarray(a), max_len=max_len)
+    return ids.astype(np.int32), lengths.astype(np.int32)
+
+  out = (jax.ShapeDtypeStruct((b, max_len), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32))
+  return jax.pure_callback(host_encode, out, actions.astype(jnp.float32),
+                           vmap_method="sequential")
+
+
+def decode_ids(tokenizer: ActionTokenizer, ids: Array, lengths: Array, horizon: int,
+               action_dim: int) -> tuple[Array, Array]:
+  """``ids int32 [B, L]`` (action ids; -1 = not an action token) and ``lengths int32 [B]`` ->
+  ``(actions float32 [B, H, D], valid bool [B])`` in jit; invalid rows are NaN.
+
+  Binning: valid iff the first H * D tokens are all action ids (``lengths >= H * D``). FAST: the
+  host BPE decode's validity (exactly H x D coefficients), also False for a sequence containing a
+  non-action id before ``lengths``.
+  """
+  b = ids.shape[0]
+  in_seq = jnp.arange(ids.shape[1])[None] < lengths[:, None]
+  if isinstance(tokenizer, binning.BinningTokenizer):
+    n = tokenizer.tokens_per_chunk(horizon)
+    valid = (lengths >= n) & jnp.all((ids[:, :n] >= 0), axis=1)
+    actions = tokenizer.decode(jnp.clip(ids[:, :n], 0, tokenizer.num_bins - 1))
+    return jnp.where(valid[:, None, None], actions, jnp.nan), valid
+  ok = jnp.all(jnp.where(in_seq, ids >= 0, True), axis=1)
+
+  def host_decode(i, n):
+    i, n = np.asarray(i), np.asarray(n)
+    actions, valid = tokenizer.decode(np.where(i >= 0, i, 0), n)
+    return actions.astype(np.float32), valid
+
+  out = (jax.ShapeDtypeStruct((b, horizon, action_dim), jnp.float32),
+         jax.ShapeDtypeStruct((b,), jnp.bool_))
+  actions, valid = jax.pure_callback(host_decode, out, ids, lengths, vmap_method="sequential")
+  valid &= ok
+  return jnp.where(valid[:, None, None], actions, jnp.nan), valid

@@ -1,0 +1,203 @@
+"""Autoregressive action tokens (RT-2 / OpenVLA binning, pi0-FAST) predicted by the LM itself.
+
+Sequence: ``[prefix | BOA a_1 ... a_n]`` in the LM stream, the suffix causal (each token one
+autoregressive block: it sees the valid prefix and the earlier suffix tokens; the prefix never sees
+the suffix). Targets are ``a_1 ... a_n EOS``; the next-token cross-entropy (over the whole LM
+vocabulary, the LM's tied output layer) is taken only on action tokens and the closing EOS, i.e.
+never on the prefix. ``n`` is H * D for binning (steps past the episode end, ``action_mask``
+False, are left out of the loss) and the FAST sequence length (at most ``max_fast_tokens``; FAST
+codes a whole chunk, so padded steps stay in its target). Ids: see :mod:`.action_tokens`.
+
+Decoding (:meth:`ARHead.sample`) in ``lax.while_loop``: the prefix runs once into a KV cache that
+is extended to ``P + n + 1`` slots; every iteration feeds one token (append mode), takes the
+logits of the action block and EOS only (a design choice: other ids can never decode), picks
+greedily (``temperature = 0``) or samples at the temperature, and marks a sequence done at its
+first EOS (later tokens are EOS). The loop stops when every sequence is done or after n + 1
+tokens. ``use_cache=False`` recomputes the full sequence (prefix included) at every step: the
+reference (same tokens) and the benchmark's baseline.
+
+Validity: ``sample`` returns ``valid`` bool [B]; a binning sequence with fewer than H * D action
+tokens, or a FAST sequence that does not decode to H x D coefficients (or never emitted EOS) is
+invalid and its actions are NaN (never zeros). FAST's BPE encode/decode run on host through
+``jax.pure_callback``, so ``loss`` and ``sample`` stay jit-able end to end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vla_jax.models import gemma, vlm
+from vla_jax.models.heads import action_tokens, common
+
+Array = jax.Array
+BOA, EOS = 0, 1  # Special ids of the layout (begin-of-action, end-of-sequence).
+
+
+class ARModule(nn.Module):
+  """Backbone whose LM predicts action tokens; one-shot methods (loops in :class:`ARHead`)."""
+
+  backbone_config: vlm.VLMConfig
+  state_dim: int
+
+  def setup(self):
+    self.backbone = common.Backbone(self.backbone_config, (), self.state_dim)
+
+  def sequence_logits(self, obs: Mapping[str, Array], inputs: Array) -> Array:
+    """Joint pass over ``[prefix | inputs]`` (causal suffix) -> logits float32 [B, Ls, V]."""
+    emb, prefix_mask = self.backbone.embed_prefix(obs)
+    b, p = prefix_mask.shape
+    ls = inputs.shape[1]
+    tokens = self.backbone.embed_tokens(inputs).astype(emb.dtype)
+    mask = jnp.concatenate([prefix_mask, jnp.ones((b, ls), bool)], axis=1)
+    ar = jnp.concatenate([jnp.zeros((b, p), jnp.int32), jnp.ones((b, ls), jnp.int32)], axis=1)
+    positions = jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1
+    (hidden,), _ = self.backbone.vlm([jnp.concatenate([emb, tokens], axis=1)], positions,
+                                     gemma.make_attn_mask(mask, ar))
+    return self.backbone.logits(hidden[:, p:])
+
+  def prefix(self, obs: Mapping[str, Array]) -> tuple[Array, dict]:
+    _, mask, cache = self.backbone.run_prefix(obs)
+    return mask, cache
+
+  def decode_step(self, token: Array, position: Array, key_mask: Array, cache: dict):
+    """One cached step: token int [B], position int [B], key_mask bool [B, S_max] ->
+    ``(logits float32 [B, V], cache)``."""
+    emb = self.backbone.embed_tokens(token[:, None])
+    (hidden,), cache = self.backbone.vlm([emb], position[:, None], key_mask[:, None, :], cache)
+    return self.backbone.logits(hidden[:, 0]), cache
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # Hashed by identity (jit of bound methods).
+class ARHead:
+  """Autoregressive token head behind the policy interface (see the module docstring).
+
+  Attributes:
+    module: the :class:`ARModule` (its LM vocabulary is ``layout.vocab_size``).
+    tokenizer: a ``BinningTokenizer`` or a fitted ``FastTokenizer``.
+    layout: the vocabulary layout (2 specials: BOA, EOS).
+    horizon, action_dim: H, D.
+    max_tokens: n, action-token slots (H * D for binning; the FAST cap).
+    temperature: 0 = greedy.
+  """
+
+  module: ARModule
+  tokenizer: Any
+  layout: action_tokens.TokenLayout
+  horizon: int
+  action_dim: int
+  max_tokens: int
+  temperature: float = 0.0
+
+  def _inputs_targets(self, batch):
+    """``(inputs [B, n+1], targets [B, n+1], weights float [B, n+1])`` in LM ids."""
+    ids, lengths = action_tokens.encode_chunks(self.tokenizer, batch["actions"], self.max_tokens)
+    b, n = ids.shape
+    lm = self.layout.to_lm(ids)
+    boa, eos = self.layout.special(BOA), self.layout.special(EOS)
+    j = jnp.arange(n + 1)[None]
+    inputs = jnp.concatenate([jnp.full((b, 1), boa, jnp.int32), lm], axis=1)
+    padded = jnp.concatenate([lm, jnp.full((b, 1), eos, jnp.int32)], axis=1)
+    targets = jnp.where(j < lengths[:, None], padded, eos)
+    inputs = jnp.where(j <= lengths[:, None], inputs, eos)  # Past the end: EOS, never read.
+    weights = (j <= lengths[:, None]).astype(jnp.float32)
+    if isinstance(self.tokenizer, action_tokens.binning.BinningTokenizer):
+      step = jnp.minimum(j // self.action_dim, self.horizon - 1)  # Chunk step of each token.
+      step_ok = jnp.take_along_axis(batch["action_mask"], jnp.broadcast_to(step, (b, n + 1)), 1)
+      weights = weights * jnp.where(j < n, step_ok, True).astype(jnp.float32)
+    return inputs, targets, weights
+
+  def init(self, rng: Array, batch: Mapping[str, Array]):
+    b = batch["obs_mask"].shape[0]
+    inputs = jnp.zeros((b, self.max_tokens + 1), jnp.int32)
+    return self.module.init(rng, batch, inputs, method=ARModule.sequence_logits)["params"]
+
+  def loss(self, params, batch, rng):
+    del rng  # Teacher forcing is deterministic.
+    common.check_actions(batch, self.horizon, self.action_dim, "ARHead.loss")
+    inputs, targets, weights = self._inputs_targets(batch)
+    logits = self.module.apply({"params": params}, batch, inputs,
+                               method=ARModule.sequence_logits)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    loss = jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    acc = jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    return loss, {"ce": loss, "token_accuracy": acc}
+
+  def _pick(self, logits: Array, key: Array) -> Array:
+    """Next LM id [B] from logits [B, V] restricted to the action block and EOS."""
+    v = logits.shape[-1]
+    ids = jnp.arange(v)
+    allowed = (ids >= self.layout.action_start) | (ids == self.layout.special(EOS))
+    logits = jnp.where(allowed[None], logits, -jnp.inf)
+    if self.temperature <= 0:
+      return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, logits / self.temperature).astype(jnp.int32)
+
+  def sample_tokens(self, params, obs, rng, use_cache: bool = True) -> tuple[Array, Array]:
+    """Decodes ``(lm_ids int32 [B, n + 1], num_steps int32 [])``; after its EOS a row is EOS."""
+    mod, n = self.module, self.max_tokens
+    eos = self.layout.special(EOS)
+    b = obs["obs_mask"].shape[0]
+    out = jnp.full((b, n + 1), eos, jnp.int32)
+    first = jnp.full((b,), self.layout.special(BOA), jnp.int32)
+    done = jnp.zeros((b,), bool)
+    if use_cache:
+      prefix_mask, cache = mod.apply({"params": params}, obs, method=ARModule.prefix)
+      p = prefix_mask.shape[1]
+      cache = gemma.extend_cache(cache, p + n + 1)
+      keys = jnp.concatenate([prefix_mask, jnp.zeros((b, n + 1), bool)], axis=1)
+      start = prefix_mask.sum(-1).astype(jnp.int32)
+
+      def logits_at(i, token, state):
+        cache, keys = state
+        keys = keys.at[:, p + i].set(True)
+        logits, cache = mod.apply({"params": params}, token, start + i, keys, cache,
+                                  method=ARModule.decode_step)
+        return logits, (cache, keys)
+
+      state = (cache, keys)
+    else:
+      def logits_at(i, token, state):
+        del token  # The whole sequence is re-run from ``state`` (the inputs so far).
+        logits = mod.apply({"params": params}, obs, state, method=ARModule.sequence_logits)
+        return jax.lax.dynamic_index_in_dim(logits, i, axis=1, keepdims=False), state
+
+      state = jnp.concatenate([first[:, None], out[:, :n]], axis=1)
+
+    def cond(carry):
+      i, _, _, done, _ = carry
+      return (i < n + 1) & ~jnp.all(done)
+
+    def body(carry):
+      i, token, out, done, state = carry
+      logits, state = logits_at(i, token, state)
+      nxt = jnp.where(done, eos, self._pick(logits, jax.random.fold_in(rng, i)))
+      out = out.at[:, i].set(nxt)
+      if not use_cache:  # The next input; at i = n the write clamps to the unused last slot.
+        state = jax.lax.dynamic_update_slice_in_dim(state, nxt[:, None], i + 1, axis=1)
+      return i + 1, nxt, out, done | (nxt == eos), state
+
+    i, _, out, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), first, out, done, state))
+    return out, i
+
+  def sample(self, params, obs, rng, use_cache: bool = True) -> dict[str, Array]:
+    """``{"actions" [B, H, D] (NaN where invalid), "valid" [B], "tokens" [B, n+1] (LM ids),
+    "nfe" int32 [] (decoding steps run)}``."""
+    lm_ids, steps = self.sample_tokens(params, obs, rng, use_cache)
+    is_eos = lm_ids == self.layout.special(EOS)
+    n1 = lm_ids.shape[1]
+    lengths = jnp.where(is_eos.any(1), jnp.argmax(is_eos, axis=1), n1).astype(jnp.int32)
+    ids = self.layout.from_lm(lm_ids[:, :self.max_tokens])
+    lengths = jnp.minimum(lengths, self.max_tokens)
+    actions, valid = action_tokens.decode_ids(self.tokenizer, ids, lengths, self.horizon,
+                                              self.action_dim)
+    valid &= is_eos.any(1) | isinstance(self.tokenizer, action_tokens.binning.BinningTokenizer)
+    actions = jnp.where(valid[:, None, None], actions, jnp.nan)
+    return {"actions": actions, "valid": valid, "tokens": lm_ids, "nfe": steps}

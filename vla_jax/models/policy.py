@@ -1,0 +1,189 @@
+"""The policy: a VLM backbone plus one action head, behind one interface.
+
+Interface (all jit-able end to end; params are a plain pytree):
+
+* ``policy.init(rng, example_batch) -> params``
+* ``policy.loss(params, batch, rng) -> (loss float32 [], metrics dict of scalars)``
+* ``policy.sample_actions(params, observation, rng) -> actions float32 [B, H, D]``
+* ``policy.sample(params, observation, rng, **head_options) -> dict`` with ``actions`` [B, H, D],
+  ``valid`` bool [B] (token heads: False for a sequence that did not decode; its actions are NaN,
+  never zeros; continuous heads: all True), ``nfe`` int32 [] (network evaluations per chunk) and
+  head extras (``tokens``). Evaluation should call ``sample`` and act only on valid rows.
+
+``observation`` is the batch contract without ``actions`` / ``action_mask``: ``image/<camera>``
+uint8 [B, T, H, W, 3] (all T history frames are used; padded frames masked by ``obs_mask``),
+``obs_mask`` bool [B, T], ``state`` float32 [B, T, S] (one projected token per frame),
+``text_tokens`` int32 [B, L], ``text_mask`` bool [B, L].
+
+Heads (``config.head``): ``flow`` (pi0 action expert, default), ``diffusion`` (Octo readouts +
+DDPM/DDIM), ``ar`` (autoregressive binning or FAST tokens), ``discrete_diffusion`` (masked binned
+tokens). See ``vla_jax/models/heads/*`` for each head's design.
+
+Build with :func:`make_policy` from :func:`default_policy_config` (embed it in a run config as
+``config.policy``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+
+from vla_jax.models import gemma, vlm
+from vla_jax.models.heads import action_tokens
+from vla_jax.models.heads import autoregressive as ar_lib
+from vla_jax.models.heads import diffusion as diffusion_lib
+from vla_jax.models.heads import discrete_diffusion as dd_lib
+from vla_jax.models.heads import flow as flow_lib
+from vla_jax.tokenizers import binning, fast
+
+HEADS = ("flow", "diffusion", "ar", "discrete_diffusion")
+
+
+def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_collections.ConfigDict:
+  """The policy config: ``head``, ``backbone`` (see ``vlm.backbone_config``) and every head's
+  section (only ``config[head]`` is read).
+
+  Keys:
+    vocab_size: LM vocabulary; 0 = text vocabulary (+ the token heads' special and action ids).
+    flow: expert_width / expert_mlp_dim (the action expert; depth and heads follow the LM),
+      num_steps (Euler steps, 10), num_noise_samples (M, level-2 minibatching).
+    diffusion: num_readouts, hidden, num_blocks (denoiser), num_train_steps (20, Octo),
+      sampler ("ddim" | "ddpm"), num_steps, num_noise_samples (M), clip_sample.
+    ar: tokenizer ("binning" | "fast"), num_bins, max_fast_tokens, temperature (0 = greedy).
+    discrete_diffusion: num_bins, rounds (12), temperature, remask_threshold.
+  """
+  if head not in HEADS:
+    raise KeyError(f"Unknown head '{head}'; known: {list(HEADS)}")
+  return ml_collections.ConfigDict({
+      "head": head,
+      "backbone": vlm.backbone_config(backbone),
+      "vocab_size": 0,
+      "flow": {"expert_width": 64, "expert_mlp_dim": 256, "num_steps": 10,
+               "num_noise_samples": 1},
+      "diffusion": {"num_readouts": 1, "hidden": 256, "num_blocks": 3, "num_train_steps": 20,
+                    "sampler": "ddim", "num_steps": 10, "num_noise_samples": 1,
+                    "clip_sample": 5.0},
+      "ar": {"tokenizer": "binning", "num_bins": 256, "max_fast_tokens": 64,
+             "temperature": 0.0},
+      "discrete_diffusion": {"num_bins": 256, "rounds": 12, "temperature": 0.0,
+                             "remask_threshold": 0.5},
+  })
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # Hashed by identity (jit of bound methods).
+class Policy:
+  """Backbone + head (see the module docstring). Build with :func:`make_policy`.
+
+  Attributes:
+    head: the head object (``FlowHead``, ``DiffusionHead``, ``ARHead``,
+      ``DiscreteDiffusionHead``).
+    config: the policy config it was built from.
+    action_dim, action_horizon, state_dim: D, H, S.
+    action_tokenizer: the token heads' tokenizer (None for continuous heads).
+  """
+
+  head: Any
+  config: ml_collections.ConfigDict
+  action_dim: int
+  action_horizon: int
+  state_dim: int
+  action_tokenizer: Any = None
+
+  def init(self, rng: jax.Array, example_batch: dict) -> Any:
+    """Params pytree for a batch-contract example batch (only shapes matter)."""
+    return self.head.init(rng, example_batch)
+
+  def loss(self, params: Any, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+    """Training loss of the head and its scalar metrics."""
+    return self.head.loss(params, batch, rng)
+
+  def sample(self, params: Any, observation: dict, rng: jax.Array, **options) -> dict:
+    """Actions with validity and head extras (see the module docstring); ``options`` are the
+    head's static sampling options (e.g. ``num_steps``, ``use_cache``, ``sampler``, ``rounds``)."""
+    return self.head.sample(params, observation, rng, **options)
+
+  def sample_actions(self, params: Any, observation: dict, rng: jax.Array) -> jax.Array:
+    """float32 [B, H, D] normalized action chunks (NaN rows where a token head failed)."""
+    return self.head.sample(params, observation, rng)["actions"]
+
+
+def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_horizon: int,
+                state_dim: int, text_vocab_size: int, action_tokenizer: Any = None) -> Policy:
+  """Builds the policy of ``config.head``.
+
+  Args:
+    config: from :func:`default_policy_config` (possibly overridden).
+    action_dim, action_horizon, state_dim: D, H, S of the data.
+    text_vocab_size: the text tokenizer's vocabulary (ids of ``text_tokens``).
+    action_tokenizer: token heads only: a ``BinningTokenizer`` (default: uniform ``num_bins``
+      over [-1, 1]) or, for ``ar.tokenizer = "fast"``, a fitted ``FastTokenizer`` (required).
+  """
+  head = config.head
+  if head not in HEADS:
+    raise KeyError(f"policy config: unknown head '{head}'; known: {list(HEADS)}")
+  if min(action_dim, action_horizon, state_dim, text_vocab_size) < 1:
+    raise ValueError(f"make_policy: action_dim={action_dim}, action_horizon={action_horizon}, "
+                     f"state_dim={state_dim}, text_vocab_size={text_vocab_size} must be >= 1")
+  bb = vlm.VLMConfig.from_config(config.backbone)
+  hc = config[head]
+  common_kw = {"action_dim": action_dim, "action_horizon": action_horizon,
+               "state_dim": state_dim, "config": config}
+  if head in ("flow", "diffusion"):
+    if action_tokenizer is not None:
+      raise ValueError(f"make_policy: head '{head}' takes no action_tokenizer")
+    vocab = config.vocab_size or text_vocab_size
+    if vocab < text_vocab_size:
+      raise ValueError(f"policy config: vocab_size={vocab} < text_vocab_size={text_vocab_size}")
+    bb = dataclasses.replace(bb, llm=dataclasses.replace(bb.llm, vocab_size=vocab))
+    if head == "flow":
+      expert = dataclasses.replace(bb.llm, width=hc.expert_width, mlp_dim=hc.expert_mlp_dim,
+                                   vocab_size=0)
+      module = flow_lib.FlowModule(bb, expert, state_dim, action_dim, action_horizon)
+      h = flow_lib.FlowHead(module, hc.num_steps, hc.num_noise_samples)
+    else:
+      module = diffusion_lib.DiffusionModule(
+          bb, state_dim, action_dim, action_horizon, hc.num_readouts, hc.hidden, hc.num_blocks,
+          hc.num_train_steps)
+      h = diffusion_lib.DiffusionHead(module, hc.sampler, hc.num_steps, hc.num_noise_samples,
+                                      hc.clip_sample)
+    return Policy(head=h, **common_kw)
+
+  kind = hc.tokenizer if head == "ar" else "binning"
+  if kind not in ("binning", "fast"):
+    raise ValueError(f"policy config: ar.tokenizer='{kind}' not in ('binning', 'fast')")
+  tok = action_tokenizer
+  if tok is None:
+    if kind == "fast":
+      raise ValueError("make_policy: ar.tokenizer='fast' needs a fitted FastTokenizer as "
+                       "action_tokenizer (fit it first: its vocabulary sizes the LM)")
+    tok = binning.BinningTokenizer.uniform(action_dim, hc.num_bins)
+  want = binning.BinningTokenizer if kind == "binning" else fast.FastTokenizer
+  if not isinstance(tok, want):
+    raise TypeError(f"make_policy: head '{head}' with tokenizer '{kind}' needs a "
+                    f"{want.__name__}, got {type(tok).__name__}")
+  if tok.action_dim != action_dim or (kind == "fast" and tok.action_horizon != action_horizon):
+    raise ValueError(f"make_policy: the action tokenizer is for D={tok.action_dim}"
+                     f"{'' if kind == 'binning' else f', H={tok.action_horizon}'}, the policy "
+                     f"for D={action_dim}, H={action_horizon}")
+  layout = action_tokens.TokenLayout(text_vocab_size, action_tokens.num_action_ids(tok),
+                                     2 if head == "ar" else 1, config.vocab_size)
+  bb = dataclasses.replace(bb, llm=dataclasses.replace(bb.llm, vocab_size=layout.vocab_size))
+  if head == "ar":
+    n = action_tokens.max_tokens(tok, action_horizon, hc.max_fast_tokens)
+    h = ar_lib.ARHead(ar_lib.ARModule(bb, state_dim), tok, layout, action_horizon, action_dim,
+                      n, hc.temperature)
+  else:
+    module = dd_lib.DiscreteDiffusionModule(bb, state_dim, layout.action_start, tok.num_bins)
+    h = dd_lib.DiscreteDiffusionHead(module, tok, layout, action_horizon, action_dim, hc.rounds,
+                                     hc.temperature, hc.remask_threshold)
+  return Policy(head=h, action_tokenizer=tok, **common_kw)
+
+
+def expert_config(config: ml_collections.ConfigDict) -> gemma.GemmaConfig:
+  """The flow head's action-expert shape implied by ``config`` (for inspection / weights)."""
+  llm = vlm.VLMConfig.from_config(config.backbone).llm
+  return dataclasses.replace(llm, width=config.flow.expert_width,
+                             mlp_dim=config.flow.expert_mlp_dim, vocab_size=0)
