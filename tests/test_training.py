@@ -176,3 +176,18 @@ def test_config_without_train_section_is_rejected(tmp_path):
   with pytest.raises(KeyError, match="no 'train' section"):
     trainer.train(config, str(tmp_path), model=toy.ToyModel(),
                   make_data_iterator=toy.make_data_iterator())
+
+
+def test_batch_size_not_divisible_by_devices_is_named():
+  m = mesh.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1])
+  assert global_batch.local_batch_size(8, m) == 8
+  fake = type("FakeMesh", (), {"devices": np.zeros((3, 1)), "shape": {"data": 3, "fsdp": 1}})()
+  with pytest.raises(ValueError, match="train.batch_size=8 is not divisible by the 3 devices"):
+    global_batch.local_batch_size(8, fake)
+
+
+def test_exhausted_data_iterator_is_named(tmp_path):
+  def empty(**_):
+    return iter([])
+  with pytest.raises(RuntimeError, match="data iterator ended before step 0"):
+    trainer.train(toy.make_config(), str(tmp_path), model=toy.ToyModel(), make_data_iterator=empty)
