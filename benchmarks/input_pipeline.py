@@ -17,6 +17,7 @@ window x cameras. Without ``--data_path`` it writes a synthetic tabletop-structu
 """
 
 import os
+import shutil
 import tempfile
 import time
 
@@ -93,6 +94,7 @@ def main(argv):
                                        norm_stats=stats)
   full = _measure(it, _BATCHES.value, _WARMUP.value)
   print(f"full train pipeline:           {full:7.1f} batches/s  {full * frames:9.0f} frames/s")
+  shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
