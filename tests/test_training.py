@@ -64,7 +64,7 @@ def learned_run(tmp_path_factory):
   """40 steps with EMA, keep-last-2 checkpoints, assets; returns (workdir, result, lines)."""
   workdir = str(tmp_path_factory.mktemp("learn"))
   config = toy.make_config(num_steps=40, log_every=10, checkpoint_every=10, keep_checkpoints=2,
-                           ema_decay=0.9, learning_rate=1e-2)
+                           ema_decay=0.9, learning_rate=1e-2, async_checkpoints=True)
   lines = []
   result = trainer.train(
       config, workdir, model=toy.ToyModel(), make_data_iterator=toy.make_data_iterator(),
@@ -135,7 +135,7 @@ def test_params_only_checkpoint_holds_ema_params_and_assets(learned_run):
 def test_incompatible_checkpoint_in_workdir_is_named(learned_run, tmp_path):
   workdir, _, _ = learned_run
   config = toy.make_config(num_steps=40, log_every=10, checkpoint_every=10, keep_checkpoints=2,
-                           ema_decay=0.9, learning_rate=1e-2)
+                           ema_decay=0.9, learning_rate=1e-2, async_checkpoints=True)
   config.model.hidden = 16
   with pytest.raises(checkpoints.IncompatibleCheckpointError) as err:
     trainer.train(config, workdir, model=toy.ToyModel(hidden=16),

@@ -76,13 +76,10 @@ def param_mismatches(saved: dict[str, tuple], current: dict[str, tuple]) -> list
   return out
 
 
-def _manager(directory: str, keep: int | None = None, create: bool = False
-             ) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=create,
-      # Synchronous saves: a checkpoint is on disk when save() returns, which is what the SIGTERM
-      # path and the NaN guard (keep the last good checkpoint) rely on.
-      enable_async_checkpointing=False)
+def _manager(directory: str, keep: int | None = None, create: bool = False,
+             use_async: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
+                                         enable_async_checkpointing=use_async)
   return ocp.CheckpointManager(
       os.path.abspath(directory), options=options,
       item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -91,11 +88,18 @@ def _manager(directory: str, keep: int | None = None, create: bool = False
 
 
 class Checkpointer:
-  """The checkpoints of one run, in ``directory`` (usually ``<workdir>/checkpoints``)."""
+  """The checkpoints of one run, in ``directory`` (usually ``<workdir>/checkpoints``).
 
-  def __init__(self, directory: str, keep: int):
+  ``use_async``: orbax copies the arrays to host memory and writes them in a background thread, so
+  training goes on during the write; :meth:`wait` / :meth:`close` block until it is on disk. The
+  state to save is always checked (finite loss) before ``save`` is called, so async writes never
+  persist a NaN state.
+  """
+
+  def __init__(self, directory: str, keep: int, use_async: bool = False):
     self.directory = os.path.abspath(directory)
-    self.manager = _manager(self.directory, keep=keep, create=True)
+    self.use_async = use_async
+    self.manager = _manager(self.directory, keep=keep, create=True, use_async=use_async)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -107,8 +111,13 @@ class Checkpointer:
         state=ocp.args.StandardSave(state),
         params=ocp.args.StandardSave(state.inference_params()),
         assets=assets_lib.AssetsSave(assets)), force=True)
-    self.manager.wait_until_finished()
+    if not self.use_async:
+      self.manager.wait_until_finished()
     return step
+
+  def wait(self) -> None:
+    """Blocks until every pending (async) save is committed."""
+    self.manager.wait_until_finished()
 
   def check_compatible(self, step: int, abstract_state: Any, config: dict | None) -> None:
     """Raises :class:`IncompatibleCheckpointError` naming every mismatch (config and params)."""
@@ -131,6 +140,7 @@ class Checkpointer:
     return restored["state"]
 
   def close(self) -> None:
+    self.manager.wait_until_finished()
     self.manager.close()
 
 

@@ -21,6 +21,8 @@ def default_train_config() -> ml_collections.ConfigDict:
     log_every: progress line + TensorBoard scalars every this many steps.
     checkpoint_every: save a checkpoint every this many steps (0 = only at the end).
     keep_checkpoints: keep only the last N checkpoints.
+    async_checkpoints: write checkpoints in a background thread (orbax async) while training
+      continues; the SIGTERM path and the end of training wait for the write to finish.
     seed: seed of the init rng and of the per-step rngs (``fold_in(base, step)``).
     mesh.data / mesh.fsdp: mesh axis sizes; -1 = all remaining devices (at most one -1).
     sharding_min_size: arrays with fewer elements than this are replicated, not FSDP-split.
@@ -40,6 +42,7 @@ def default_train_config() -> ml_collections.ConfigDict:
   config.log_every = 50
   config.checkpoint_every = 500
   config.keep_checkpoints = 3
+  config.async_checkpoints = False
   config.seed = 0
   config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
   config.sharding_min_size = 2**14

@@ -127,7 +127,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model,
 
   optimizer = optimizer_lib.make_optimizer(tc)
   schedule = optimizer_lib.learning_rate_schedule(tc)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), tc.keep_checkpoints)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), tc.keep_checkpoints,
+                                       use_async=tc.async_checkpoints)
   try:
     start_step = checkpointer.latest_step() or 0
     data = make_data_iterator(start_step=start_step, local_batch_size=local_bs,
@@ -204,6 +205,7 @@ def _loop(tc, state, batch, data, start_step, step_fn, mesh, checkpointer, asset
         if save or preempted:
           last_saved = checkpointer.save(state, assets)
         if preempted:
+          checkpointer.wait()
           print_fn(f"SIGTERM: saved checkpoint at step {step} and stopped", flush=True)
           break
         if not is_last:
