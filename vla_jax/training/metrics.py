@@ -12,7 +12,7 @@ from absl import logging
 from tensorboardX import SummaryWriter
 
 
-def first_nonfinite(steps: Sequence[int], metrics: Sequence[dict]) -> int | None:
+def first_nonfinite(metrics: Sequence[dict]) -> int | None:
   """Index of the first host metrics dict whose loss or grad_norm is NaN/inf, else None."""
   for i, m in enumerate(metrics):
     if not (np.isfinite(m["loss"]) and np.isfinite(m.get("grad_norm", 0.0))):

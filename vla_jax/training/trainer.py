@@ -218,7 +218,7 @@ def _loop(tc, state, batch, data, start_step, step_fn, mesh, checkpointer, asset
 
 def _fetch_and_check(pending: list[tuple[int, dict]], last_saved: int, ckpt_dir: str) -> list[dict]:
   host = [jax.device_get(m) for _, m in pending]
-  bad = metrics_lib.first_nonfinite([s for s, _ in pending], host)
+  bad = metrics_lib.first_nonfinite(host)
   if bad is not None:
     step = pending[bad][0]
     shown = ", ".join(f"{k}={float(v):.6g}" for k, v in sorted(host[bad].items()))
