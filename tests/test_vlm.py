@@ -1,6 +1,8 @@
 """VLM prefix API: token order, masks, prefix cache reused by an expert, configs, bad input."""
 
 import dataclasses
+import importlib.util
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +93,17 @@ def test_backbone_configs_from_python():
     vlm.VLMConfig.from_config({**tiny.to_dict(), "typo": 1})
   with pytest.raises(KeyError, match="Unknown backbone variant"):
     vlm.backbone_config("huge")
+  # The config file wraps the same dict and documents its launch command.
+  spec = importlib.util.spec_from_file_location(
+      "backbone_cfg", pathlib.Path(__file__).parents[1] / "configs" / "backbone.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert "python benchmarks/backbone.py" in module.__doc__
+  config = module.get_config("variant=tiny,cameras=base+wrist,batch_size=8")
+  assert vlm.VLMConfig.from_config(config.backbone).cameras == ("base", "wrist")
+  assert config.batch_size == 8
+  with pytest.raises(KeyError, match="Did you mean: variant"):
+    module.get_config("varient=tiny")
 
 
 def test_paligemma_3b_parameter_count():
