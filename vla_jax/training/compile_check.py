@@ -75,7 +75,12 @@ def compile_check(model: Any, example_batch: dict, train_config: ml_collections.
     dict with ``num_params``, ``state_bytes_per_device`` (params + optimizer + EMA shards),
     ``argument_bytes``, ``output_bytes``, ``temp_bytes``, ``alias_bytes``, ``peak_bytes``
     (arguments + outputs + temporaries - donated aliases; per device), ``flops`` (per device,
-    from the cost analysis; -1 if unavailable) and ``mesh``.
+    from XLA's cost analysis, which counts a while-loop body once: with ``lax.scan`` over layers
+    it is a lower bound; -1 if unavailable) and ``mesh``.
+
+  Measured (2 CPU cores, 8 simulated devices, ``data=1, fsdp=8``, batch 8 at 224 px, flow head
+  on the PaliGemma-3B backbone, f32 AdamW): 2.93B params, state 4.09 GiB and peak 6.82 GiB per
+  device, compiled in about 45 s.
   """
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(train_config.mesh)
   example = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in example_batch.items()}
