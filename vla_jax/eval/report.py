@@ -1,0 +1,63 @@
+"""The main job's ``report.md``: config, data, training curve, success table, latency, videos."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # Headless: the report is written on machines without a display.
+import matplotlib.pyplot as plt
+
+
+def plot_training_curve(history: Sequence[Mapping[str, float]],
+                        evals: Sequence[tuple[int, float]], path: str) -> str:
+  """Loss per logged step (log scale) and periodic closed-loop success; saves a PNG at ``path``."""
+  fig, ax = plt.subplots(figsize=(7, 4))
+  steps = [h["step"] for h in history]
+  ax.plot(steps, [h["loss"] for h in history], color="tab:blue", label="train loss")
+  ax.set_yscale("log")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss", color="tab:blue")
+  if evals:
+    ax2 = ax.twinx()
+    ax2.plot([s for s, _ in evals], [100 * v for _, v in evals], "o-", color="tab:green",
+             label="closed-loop success")
+    ax2.set_ylabel("success (%)", color="tab:green")
+    ax2.set_ylim(0, 100)
+  ax.set_title("training curve")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def success_table(per_task: Mapping[str, tuple[int, int]], mean: float) -> str:
+  """Markdown table: task, successes / episodes, rate; then the mean over tasks."""
+  rows = ["| task | successes / episodes | success |", "|---|---|---|"]
+  for task, (s, n) in per_task.items():
+    rows.append(f"| {task} | {s} / {n} | {s / max(n, 1):.1%} |")
+  rows.append(f"| **mean over tasks** | | **{mean:.1%}** |")
+  return "\n".join(rows)
+
+
+def write_report(path: str, *, title: str, command: str, config: Any,
+                 sections: Sequence[tuple[str, str]]) -> str:
+  """Writes ``report.md``: a title, the command, ``sections`` (heading, markdown) and the config.
+
+  ``config`` is a ConfigDict or dict, dumped as JSON at the end.
+  """
+  cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  lines = [f"# {title}", "", "Command:", "", "```", command, "```", ""]
+  for heading, body in sections:
+    lines += [f"## {heading}", "", body.rstrip(), ""]
+  lines += ["## Config", "", "```json", json.dumps(cfg, indent=2, default=str), "```", ""]
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write("\n".join(lines))
+  os.replace(tmp, path)  # Atomic: a reader never sees half a report.
+  return path

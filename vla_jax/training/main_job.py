@@ -1,0 +1,211 @@
+"""The main job behind ``experiments/train.py``: data -> tokenizers -> policy -> train -> eval -> report.
+
+Every step is a library call so a notebook can run the same job piece by piece:
+
+1. :func:`prepare_dataset` builds the MJX demonstration dataset once (cached under
+   ``config.data_root``) and points ``config.data`` at it.
+2. :func:`prepare_tokenizers` fits the text tokenizer on the instruction corpus (and FAST on the
+   training action chunks for ``ar.tokenizer = "fast"``), or reloads them from the workdir when
+   the run resumes, so a resumed run sees identical token ids.
+3. :func:`build_policy` makes the policy of ``config.policy`` with the data's dimensions.
+4. ``trainer.train`` runs the one train loop; a callback evaluates closed-loop every
+   ``config.eval.every`` steps (one compiled :class:`~vla_jax.eval.closed_loop.Evaluator`).
+5. The final evaluation (``config.eval.num_episodes_per_task`` per task, unseen seeds), rollout
+   GIFs per task and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from vla_jax.data import collect, pipeline
+from vla_jax.envs import tabletop
+from vla_jax.eval import closed_loop, report, videos
+from vla_jax.models import policy as policy_lib
+from vla_jax.tokenizers import fast, text
+from vla_jax.training import assets as assets_lib
+from vla_jax.training import trainer
+
+DATASET = collect.DATASET_NAME
+TOKENIZER_DIR = "tokenizers"  # <workdir>/tokenizers/{text,action}: fitted once, reused on resume
+TOKEN_HEADS = ("ar", "discrete_diffusion")
+
+
+def prepare_dataset(config: ml_collections.ConfigDict, print_fn: Callable = print) -> str:
+  """Builds the demo dataset if absent; sets and returns ``config.data.datasets.<name>.path``."""
+  entry = config.data.datasets[DATASET]
+  if entry.path:
+    print_fn(f"[data] using {entry.path}", flush=True)
+    return entry.path
+  print_fn(f"[data] demonstrations in {config.data_root} (built on first use)", flush=True)
+  entry.path = collect.build_demo_dataset(config.collect, config.data_root)
+  return entry.path
+
+
+def _fit_fast(config, text_tokenizer, norm_stats, num_batches: int = 40) -> fast.FastTokenizer:
+  """FAST fitted on normalized training action chunks ([N, H, D], no augmentation needed)."""
+  it, _ = pipeline.make_train_iterator(config.data, text_tokenizer=text_tokenizer,
+                                       batch_size=config.train.batch_size, seed=config.train.seed,
+                                       norm_stats=norm_stats)
+  chunks = np.concatenate([next(it)["actions"] for _ in range(num_batches)])
+  tok = fast.FastTokenizer(config.data.horizon, chunks.shape[-1], scale=config.fast.scale,
+                           vocab_size=config.fast.vocab_size)
+  return tok.fit(chunks)
+
+
+def prepare_tokenizers(config: ml_collections.ConfigDict, workdir: str, norm_stats: dict,
+                       print_fn: Callable = print) -> tuple[text.TextTokenizer, Any]:
+  """``(text_tokenizer, action_tokenizer or None)``; fitted on first run, reloaded after."""
+  root = os.path.join(workdir, TOKENIZER_DIR)
+  text_dir, action_dir = os.path.join(root, "text"), os.path.join(root, "action")
+  if os.path.isdir(text_dir):
+    text_tok = text.TextTokenizer.load(text_dir)
+    print_fn(f"[tokenizers] text tokenizer reloaded from {text_dir}", flush=True)
+  else:
+    corpus = pipeline.instruction_corpus(config.data)
+    text_tok = text.TextTokenizer.fit(corpus, config.text_vocab_size)
+    text_tok.save(text_dir)
+    print_fn(f"[tokenizers] text tokenizer fitted on {len(corpus)} instructions "
+             f"(vocab {text_tok.vocab_size})", flush=True)
+  action_tok = None
+  if config.policy.head == "ar" and config.policy.ar.tokenizer == "fast":
+    if os.path.isdir(action_dir):
+      action_tok = fast.FastTokenizer.load(action_dir)
+    else:
+      action_tok = _fit_fast(config, text_tok, norm_stats)
+      action_tok.save(action_dir)
+      print_fn(f"[tokenizers] FAST fitted: {action_tok}", flush=True)
+  return text_tok, action_tok
+
+
+def build_policy(config: ml_collections.ConfigDict, norm_stats: dict, text_tokenizer,
+                 action_tokenizer=None) -> policy_lib.Policy:
+  """The policy of ``config.policy`` sized by the dataset's action/state dimensions."""
+  return policy_lib.make_policy(
+      config.policy, action_dim=len(norm_stats["action"]["mean"]),
+      action_horizon=config.data.horizon, state_dim=len(norm_stats["state"]["mean"]),
+      text_vocab_size=text_tokenizer.vocab_size, action_tokenizer=action_tokenizer)
+
+
+def make_evaluator(config, policy, norm_stats, text_tokenizer,
+                   env: tabletop.TabletopEnv | None = None) -> closed_loop.Evaluator:
+  """A compiled-once closed-loop evaluator in the env the demonstrations came from."""
+  env = env or tabletop.make_env(config.collect.env)
+  return closed_loop.Evaluator(env, policy, norm_stats=norm_stats,
+                               norm_mode=config.data.norm_mode, text_tokenizer=text_tokenizer,
+                               max_text_len=config.data.max_text_len,
+                               batch_envs=config.eval.batch_envs,
+                               camera_names=list(config.data.cameras))
+
+
+def _dataset_summary(path: str) -> str:
+  from vla_jax.data import rlds  # pylint: disable=g-import-not-at-top
+  info = rlds.open_builder(path).info
+  splits = ", ".join(f"{name}: {s.num_examples} episodes" for name, s in info.splits.items())
+  meta = info.metadata or {}
+  extra = f"\n\nCollection metadata: `{ {k: v for k, v in meta.items() if k != 'instructions'} }`"
+  return f"Dataset `{path}`: {splits}.{extra if meta else ''}"
+
+
+def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: str = "",
+                 print_fn: Callable = print) -> str:
+  """Runs the whole job (see the module docstring); returns the path of ``report.md``."""
+  t_start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  timings: dict[str, float] = {}
+
+  t0 = time.time()
+  data_path = prepare_dataset(config, print_fn)
+  timings["data"] = time.time() - t0
+  stats_by_name = pipeline.load_norm_stats(config.data)
+  norm_stats = stats_by_name[DATASET]
+  text_tok, action_tok = prepare_tokenizers(config, workdir, stats_by_name, print_fn)
+  policy = build_policy(config, norm_stats, text_tok, action_tok)
+  evaluator = make_evaluator(config, policy, norm_stats, text_tok)
+
+  evals: list[tuple[int, float]] = []
+
+  def periodic_eval(step: int, state) -> None:
+    res = evaluator(state.inference_params(),
+                    num_episodes_per_task=config.eval.periodic_episodes_per_task,
+                    seed=config.eval.seed, print_fn=lambda *a, **k: None)
+    evals.append((step, res.mean_success))
+    print_fn(f"[eval @ step {step}] {res.summary()}", flush=True)
+
+  def make_data_iterator(*, start_step, local_batch_size, process_index, process_count):
+    it, _ = pipeline.make_train_iterator(
+        config.data, text_tokenizer=text_tok, batch_size=local_batch_size,
+        seed=config.train.seed, process_index=process_index, process_count=process_count,
+        start_step=start_step, norm_stats=stats_by_name)
+    return it
+
+  tokenizers = {"text": text_tok}
+  if action_tok is not None:
+    tokenizers["action"] = action_tok
+  assets = assets_lib.Assets(norm_stats=stats_by_name, tokenizers=tokenizers)
+  t0 = time.time()
+  result = trainer.train(config, workdir, model=policy, make_data_iterator=make_data_iterator,
+                         assets=assets, print_fn=print_fn,
+                         callback=periodic_eval if config.eval.every else None,
+                         callback_every=config.eval.every)
+  timings["train"] = time.time() - t0
+  if result.preempted:
+    print_fn("[main] preempted: no final evaluation; rerun the same command to resume",
+             flush=True)
+    return ""
+
+  t0 = time.time()
+  params = result.state.inference_params()
+  print_fn(f"[eval] final: {config.eval.num_episodes_per_task} episodes per task", flush=True)
+  final = evaluator(params, num_episodes_per_task=config.eval.num_episodes_per_task,
+                    seed=config.eval.seed, video_episodes=config.eval.video_episodes,
+                    print_fn=print_fn)
+  evals.append((result.step, final.mean_success))
+  ms = evaluator.latency_ms(params)
+  timings["eval"] = time.time() - t0
+  print_fn(f"[eval] {final.summary()}; {ms:.1f} ms per action chunk", flush=True)
+
+  video_lines = []
+  for task, frames in final.videos.items():
+    path = videos.write_gif(frames, os.path.join(workdir, "videos", f"{task}.gif"),
+                            fps=config.collect.env.control_hz)
+    video_lines.append(f"- {task}: [videos/{task}.gif]({os.path.relpath(path, workdir)})")
+  curve = report.plot_training_curve(result.history, evals,
+                                     os.path.join(workdir, "training_curve.png"))
+  total = time.time() - t_start
+  last = result.history[-1] if result.history else {}
+  head = config.policy.head + (f" ({config.policy.ar.tokenizer})" if config.policy.head == "ar"
+                               else "")
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(result.state.params))
+  sections = [
+      ("Summary",
+       (f"Head **{head}**, {n_params / 1e6:.2f}M parameters. Mean closed-loop success over tasks: "
+       f"**{final.mean_success:.1%}** ({len(final.success)} episodes, unseen seeds). "
+       f"Wall-clock: {total / 60:.1f} min in all (data {timings['data']:.0f} s, training "
+       f"{timings['train']:.0f} s, final evaluation {timings['eval']:.0f} s).")),
+      ("Data", _dataset_summary(data_path)),
+      ("Training",
+       f"{result.step} steps at global batch {config.train.batch_size}; final loss "
+       f"{last.get('loss', float('nan')):.4g}.\n\n![training curve]({os.path.basename(curve)})\n\n"
+       + ("Periodic evaluation (step, mean success): "
+          + ", ".join(f"{s}: {v:.0%}" for s, v in evals) if evals else "")),
+      ("Closed-loop success (final)",
+       report.success_table(final.per_task, final.mean_success)
+       + f"\n\nEpisodes with an error flag (invalid/NaN action): {int(final.error.sum())}. "
+       f"Rollouts: {final.seconds:.1f} s after compilation "
+       f"({final.compile_seconds:.1f} s for the first, compiling batch)."),
+      ("Inference latency", f"{ms:.1f} ms per action chunk (one observation, jitted, CPU)."),
+      ("Rollout videos", "\n".join(video_lines) or "(none)"),
+  ]
+  path = report.write_report(os.path.join(workdir, "report.md"),
+                             title=f"vla_jax main job: {head} head", command=command,
+                             config=config, sections=sections)
+  print_fn(f"[report] {path}", flush=True)
+  return path
