@@ -111,13 +111,15 @@ def test_append_cache_decode_equals_full_causal_forward(setup):
     pos0 = jnp.broadcast_to(jnp.arange(prefill), (B, prefill))
     (h_pre,), cache = run(tokens[:, :prefill], pos0, cache)
 
-    def body(cache, t):
+    def body(t, carry):  # A while loop (fori_loop): the cache has a static, preallocated shape.
+      cache, hs = carry
       tok = jax.lax.dynamic_slice_in_dim(tokens, t, 1, axis=1)
       (h,), cache = run(tok, jnp.full((B, 1), t), cache)
-      return cache, h[:, 0]
+      return cache, jax.lax.dynamic_update_slice_in_dim(hs, h, t - prefill, axis=1)
 
-    cache, hs = jax.lax.scan(body, cache, jnp.arange(prefill, total))
-    return h_pre, jnp.swapaxes(hs, 0, 1), cache
+    hs = jnp.zeros((B, total - prefill, LM.width))
+    cache, hs = jax.lax.fori_loop(prefill, total, body, (cache, hs))
+    return h_pre, hs, cache
 
   h_pre, h_dec, cache = decode(tokens)
   assert int(cache["index"]) == total

@@ -127,7 +127,8 @@ def test_bad_inputs_are_named(setup):
   with pytest.raises(ValueError, match="camera 'wrist'.*dtype int32"):
     model.apply(params, bad, tokens, text_mask, method=f)
   bad = {k: v[:, :8] for k, v in images.items()}
-  with pytest.raises(ValueError, match=r"images shape \(4, 8, 16, 3\), expected \[B, 16, 16, 3\]"):
+  with pytest.raises(ValueError, match=r"camera 'base' images have shape \(2, 8, 16, 3\); the "
+                     r"backbone expects 16x16 RGB"):
     model.apply(params, bad, tokens, text_mask, method=f)
   with pytest.raises(ValueError, match="out of vocabulary"):
     model.apply(params, images, tokens.at[0, 0].set(40), text_mask, method=f)

@@ -364,7 +364,7 @@ class Transformer(nn.Module):
           in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=c0.depth,
       )(self.configs, name="layers")
     else:
-      block = nn.remat(Block, prevent_cse=False) if self.remat else Block
+      block = nn.remat(Block, prevent_cse=True) if self.remat else Block
       self.layers = [block(self.configs, name=f"layers_{i}") for i in range(c0.depth)]
     self.final_norms = [RMSNorm(c.rms_eps, name=_suffix("final_norm", i))
                         for i, c in enumerate(self.configs)]

@@ -160,6 +160,10 @@ class VLM(nn.Module):
       if x.ndim not in (4, 5):
         raise ValueError(f"VLM: camera '{cam}' images have shape {tuple(x.shape)}; expected "
                          "[B, H, W, 3] or [B, T, H, W, 3]")
+      size = c.vit.image_size
+      if tuple(x.shape[-3:]) != (size, size, 3):
+        raise ValueError(f"VLM: camera '{cam}' images have shape {tuple(x.shape)}; the backbone "
+                         f"expects {size}x{size} RGB ([..., {size}, {size}, 3])")
       xs.append(preprocess_images(x, where=f"VLM camera '{cam}'"))
     shapes = {tuple(x.shape) for x in xs}
     if len(shapes) != 1:
