@@ -65,12 +65,14 @@ def learned_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("learn"))
   config = toy.make_config(num_steps=40, log_every=10, checkpoint_every=10, keep_checkpoints=2,
                            ema_decay=0.9, learning_rate=1e-2, async_checkpoints=True)
-  lines = []
+  lines, calls = [], []
   result = trainer.train(
       config, workdir, model=toy.ToyModel(), make_data_iterator=toy.make_data_iterator(),
       assets=Assets(norm_stats={"action": {"mean": [0.0, 1.0]}}, tokenizers={"text":
                                                                                _FakeTokenizer()}),
-      print_fn=lambda line, **_: lines.append(line))
+      print_fn=lambda line, **_: lines.append(line),
+      callback=lambda step, state: calls.append((step, int(state.step))), callback_every=15)
+  assert calls == [(15, 15), (30, 30)]  # Each call sees the state after `step` updates.
   return workdir, result, lines
 
 

@@ -92,7 +92,9 @@ def abstract_train_state(model: Model, train_config: ml_collections.ConfigDict,
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model,
           make_data_iterator: DataIteratorFactory, assets: assets_lib.Assets | None = None,
-          mesh: Mesh | None = None, print_fn: Callable[..., None] = print) -> TrainResult:
+          mesh: Mesh | None = None, print_fn: Callable[..., None] = print,
+          callback: Callable[[int, state_lib.TrainState], None] | None = None,
+          callback_every: int = 0) -> TrainResult:
   """Trains ``model`` on the batches of ``make_data_iterator``; resumes from ``workdir``.
 
   Args:
@@ -107,6 +109,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model,
       in from ``config`` and ``example_batch`` from the first batch when left as None).
     mesh: defaults to ``make_mesh(config.train.mesh)`` over all devices.
     print_fn: receives the progress lines (process 0 only).
+    callback: ``callback(step, state)`` runs (in every process) after each step that is a
+      multiple of ``callback_every`` (e.g. a closed-loop evaluation of
+      ``state.inference_params()``); it must not keep ``state``, whose buffers the next step
+      donates. Called after that step's checkpoint, so a slow callback never delays a save.
+    callback_every: steps between callbacks (0 = never).
 
   Returns:
     A :class:`TrainResult`.
@@ -161,8 +168,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model,
                f"({local_bs} per process), steps {start_step} -> {tc.num_steps}", flush=True)
     step_fn = step_lib.make_train_step(model, optimizer, schedule, tc.ema_decay, mesh,
                                        state_shardings)
+    every = callback_every if callback is not None else 0
     return _loop(tc, state, batch, data, start_step, step_fn, mesh, checkpointer, assets, workdir,
-                 print_fn)
+                 print_fn, callback, every)
   finally:
     checkpointer.close()
 
@@ -176,7 +184,7 @@ def _next_batch(data: Iterator[dict], step: int) -> dict:
 
 
 def _loop(tc, state, batch, data, start_step, step_fn, mesh, checkpointer, assets, workdir,
-          print_fn) -> TrainResult:
+          print_fn, callback, callback_every) -> TrainResult:
   logger = metrics_lib.MetricsLogger(workdir, tc.num_steps, tc.batch_size, print_fn)
   pending: list[tuple[int, dict]] = []  # Device metrics not yet fetched (keeps dispatch async).
   interval: list[dict] = []  # Host metrics since the last progress line.
@@ -204,6 +212,8 @@ def _loop(tc, state, batch, data, start_step, step_fn, mesh, checkpointer, asset
           interval.clear()
         if save or preempted:
           last_saved = checkpointer.save(state, assets)
+        if callback_every and step % callback_every == 0 and not preempted:
+          callback(step, state)
         if preempted:
           checkpointer.wait()
           print_fn(f"SIGTERM: saved checkpoint at step {step} and stopped", flush=True)
