@@ -130,6 +130,9 @@ def test_params_only_checkpoint_holds_ema_params_and_assets(learned_run):
     assert f.read() == "a b c"
   assert assets.example_batch["state"].shape == (1, toy.T, toy.S)
   assert assets.example_batch["image/base"].dtype == np.uint8
+  assert checkpoints.latest_step(workdir) == 40
+  assert checkpoints.latest_step(os.path.join(workdir, "checkpoints")) == 40
+  assert checkpoints.latest_step(os.path.join(workdir, "nothing_here")) is None
   with pytest.raises(FileNotFoundError, match="no checkpoint at step 7"):
     checkpoints.load_params(workdir, step=7)
 

@@ -155,6 +155,18 @@ def _resolve(directory: str, step: int | None) -> tuple[ocp.CheckpointManager, i
   return manager, step
 
 
+def latest_step(directory: str) -> int | None:
+  """The newest complete checkpoint step in a workdir or checkpoints dir (None if there is none)."""
+  if os.path.isdir(os.path.join(directory, "checkpoints")):
+    directory = os.path.join(directory, "checkpoints")
+  if not os.path.isdir(directory):
+    return None
+  manager = _manager(directory)
+  step = manager.latest_step()
+  manager.close()
+  return step
+
+
 def load_params(directory: str, step: int | None = None, abstract_params: Any = None) -> Any:
   """Loads the params-only item (latest step by default) from a workdir or checkpoints dir.
 
