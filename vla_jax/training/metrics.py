@@ -51,6 +51,10 @@ class MetricsLogger:
   def start(self, step: int) -> None:
     self._last_time, self._last_step = time.perf_counter(), step
 
+  def exclude(self, seconds: float) -> None:
+    """Leaves ``seconds`` (e.g. a periodic evaluation) out of the speed and ETA figures."""
+    self._last_time += seconds
+
   def log(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
     """Writes ``metrics`` (interval means) at ``step``; returns them plus speed figures."""
     now = time.perf_counter()

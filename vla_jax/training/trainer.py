@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -213,7 +214,9 @@ def _loop(tc, state, batch, data, start_step, step_fn, mesh, checkpointer, asset
         if save or preempted:
           last_saved = checkpointer.save(state, assets)
         if callback_every and step % callback_every == 0 and not preempted:
+          t0 = time.perf_counter()
           callback(step, state)
+          logger.exclude(time.perf_counter() - t0)
         if preempted:
           checkpointer.wait()
           print_fn(f"SIGTERM: saved checkpoint at step {step} and stopped", flush=True)
