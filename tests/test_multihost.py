@@ -41,7 +41,7 @@ def two_processes(tmp_path_factory):
             "process_id": i, "workdir": str(tmp / "run"), "out": str(tmp / f"out{i}.json"),
             "train": TRAIN, "mesh": {"data": 2, "fsdp": 2}}
     if i == 0:
-      spec.update(term_at=2, sleep_after_term=0.5)
+      spec.update(term_at=2, sleep_after_term=1.0)
     procs.append(toy.start_worker(spec, num_devices=2))
   results = []
   for i, proc in enumerate(procs):
