@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 from typing import Self
 
 import jax
@@ -26,7 +27,9 @@ class PreemptionGuard:
     self._flag = True
 
   def __enter__(self) -> Self:
-    if jax.process_count() == 1:
+    # Python only lets the main thread install handlers (a train() run from a notebook thread
+    # then simply keeps the default SIGTERM behaviour).
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handler)
     return self
 
