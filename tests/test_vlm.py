@@ -134,3 +134,45 @@ def test_bad_inputs_are_named(setup):
     model.apply(params, images, tokens.at[0, 0].set(40), text_mask, method=f)
   with pytest.raises(ValueError, match="pool_type='none'"):
     dataclasses.replace(CFG, vit=dataclasses.replace(CFG.vit, pool_type="map"))
+
+
+def test_backbone_learns_image_conditioned_text(setup):
+  """A few Adam steps fit next-token prediction whose answer is only in the image."""
+  optax = pytest.importorskip("optax")
+  model, params, _, _, _, _ = setup
+  rng = np.random.default_rng(0)
+  label = np.arange(8) % 2  # Bright or dark images; the 2nd text token names which.
+  level = np.where(label[:, None, None, None] == 1, 220, 30)
+  noise = rng.integers(-20, 20, (8, 16, 16, 3))
+  imgs = {f"image/{c}": jnp.asarray(np.clip(level + noise, 0, 255).astype(np.uint8))
+          for c in ("base", "wrist")}
+  tokens = jnp.asarray(np.stack([np.ones(8), 10 + label, np.full(8, 5)], 1).astype(np.int32))
+
+  def loss_fn(p):
+    def fwd(m):
+      img = m.embed_images(imgs)
+      b, n, l = img.shape[0], img.shape[1], tokens.shape[1]
+      mask = jnp.ones((b, n + l), bool)
+      ar = jnp.concatenate([jnp.zeros((b, n), jnp.int32), jnp.ones((b, l), jnp.int32)], 1)
+      (h,), _ = m([jnp.concatenate([img, m.embed_text(tokens)], 1)],
+                  jnp.broadcast_to(jnp.arange(n + l), (b, n + l)), gemma.make_attn_mask(mask, ar))
+      return m.logits(h[:, n:-1])
+    logits = model.apply(p, method=fwd)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1)[..., 0]
+    return jnp.mean(nll), logits
+
+  opt = optax.adam(3e-3)
+
+  @jax.jit
+  def train(p):
+    def step(carry, _):
+      p, s = carry
+      (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(p)
+      updates, s = opt.update(g, s, p)
+      return (optax.apply_updates(p, updates), s), loss
+    (p, _), losses = jax.lax.scan(step, (p, opt.init(p)), None, length=60)
+    return losses, loss_fn(p)[1]
+
+  losses, logits = train(params)
+  assert float(losses[-1]) < 0.1 * float(losses[0]), losses
+  np.testing.assert_array_equal(np.argmax(logits[:, 0], -1), 10 + label)
