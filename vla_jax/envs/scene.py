@@ -64,8 +64,8 @@ def _object_xml(slot: int) -> str:
   # Body origin sits at the object's centre when resting (joint z = 0 <-> centre at z = h).
   return f"""
     <body name="obj{slot}" pos="{PARK_X + 0.2 * slot} 0 {h}">
-      <joint name="obj{slot}_x" type="slide" axis="1 0 0" damping="3"/>
-      <joint name="obj{slot}_y" type="slide" axis="0 1 0" damping="3"/>
+      <joint name="obj{slot}_x" type="slide" axis="1 0 0" damping="1" frictionloss="0.05"/>
+      <joint name="obj{slot}_y" type="slide" axis="0 1 0" damping="1" frictionloss="0.05"/>
       <joint name="obj{slot}_z" type="slide" axis="0 0 1" damping="1" limited="true"
              range="0 0.5"/>
       <geom name="obj{slot}" type="{shape}" size="{size}" mass="0.1" material="obj"

@@ -53,12 +53,12 @@ def default_env_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "tasks": "reach,push,pick_place,lift",   # comma list: reset samples uniformly among these
       "num_objects": 3,            # objects per episode (target + distractors), 2..4
-      "horizon": 40,               # control steps per episode
+      "horizon": 50,               # control steps per episode (5 s at 10 Hz)
       "control_hz": 10.0,          # control rate (Hz)
       "physics_dt": 0.02,          # s per physics substep (control period / substeps)
       "max_speed": 0.3,            # m/s end-effector speed at |action| = 1
       "image_size": 64,            # rendered height = width (px)
-      "cameras": "base",           # comma list of cameras: base, wrist
+      "cameras": "base",           # comma list: base, wrist ("" = no images, state-only obs)
       "fovy": 40.0,                # deg, base camera vertical field of view
       "done_on_success": False,
       "randomize_colors": False,   # domain randomization: jitter every colour by +-color_jitter
@@ -118,9 +118,9 @@ class TabletopEnv:
     self.substeps = round(substeps)
     self.camera_names = [c.strip() for c in str(config.cameras).split(",") if c.strip()]
     bad = [c for c in self.camera_names if c not in ("base", "wrist")]
-    if bad or "base" not in self.camera_names:
-      raise ValueError(f"env config 'cameras': got '{config.cameras}'; allowed: base (required), "
-                       "wrist")
+    if bad:
+      raise ValueError(f"env config 'cameras': got '{config.cameras}'; allowed: base, wrist "
+                       "(empty = no images, state-only observations)")
     self.mj_model = scene.build_model(scene.SceneSpec(timestep=config.physics_dt))
     self.mjx_model = mjx.put_model(self.mj_model)
     self.index = scene.scene_index(self.mj_model)
@@ -182,6 +182,13 @@ class TabletopEnv:
     fingers = ee[None] + jnp.stack([-half, half])[:, None] * jnp.array([1.0, 0.0, 0.0])
     return mocap_pos.at[self._ee_mocap].set(ee).at[self._finger_mocap].set(fingers)
 
+  def _kinematics(self, data: mjx.Data) -> mjx.Data:
+    """Body/geom (and, for the wrist camera, camera) poses from qpos and mocap_pos."""
+    data = mjx.kinematics(self.mjx_model, data)
+    if "wrist" in self.camera_names:
+      data = mjx.camlight(self.mjx_model, data)
+    return data
+
   def render(self, data: mjx.Data, info: dict[str, Any]) -> dict[str, jax.Array]:
     """Renders every configured camera: {"image/<cam>": uint8 [H, W, 3]}."""
     m = self.mj_model
@@ -208,10 +215,17 @@ class TabletopEnv:
   # ---------------------------------------------------------------------------- reset / step
 
   def reset(self, rng: jax.Array) -> State:
-    """Samples an episode (task, objects, colours, positions, instruction) from ``rng``."""
+    """Samples an episode (task, objects, colours, positions, instruction) from ``rng``; the task
+    family is uniform over the configured ``tasks``."""
+    k_task, k_rest = jax.random.split(rng)
+    return self.reset_task(k_rest, jax.random.choice(k_task, jnp.asarray(self.enabled_task_ids)))
+
+  def reset_task(self, rng: jax.Array, task_id: jax.Array) -> State:
+    """Like :meth:`reset` with the task family given (int32 [], index in ``task_names``), e.g. to
+    evaluate a fixed number of episodes per task."""
     cfg = self.config
     ks = jax.random.split(rng, 12)
-    task_id = jax.random.choice(ks[0], jnp.asarray(self.enabled_task_ids))
+    task_id = jnp.asarray(task_id, jnp.int32)
     n = cfg.num_objects
     slots = jax.random.permutation(ks[1], scene.NUM_SLOTS)[:n]          # active slots
     colors = jax.random.permutation(ks[2], len(self._obj_palette))[:n]
@@ -248,7 +262,7 @@ class TabletopEnv:
     zone_pos = jnp.concatenate([zone_xy, jnp.full((2, 1), scene.ZONE_HEIGHT)], -1)
     mocap_pos = self._set_gripper(data.mocap_pos.at[self._zone_mocap].set(zone_pos), ee, 1.0)
     data = data.replace(qpos=qpos, qvel=jnp.zeros_like(data.qvel), mocap_pos=mocap_pos)
-    data = mjx.forward(self.mjx_model, data)
+    data = self._kinematics(data)
 
     # Colours (+ optional domain randomization of colours, light and camera).
     rgb = jnp.asarray(self._base_rgb)
@@ -326,9 +340,7 @@ class TabletopEnv:
     fracs = (jnp.arange(self.substeps, dtype=jnp.float32) + 1) / self.substeps
     data, _ = jax.lax.scan(substep, data, fracs)
     data = self._hold(data, info, ee1)
-    data = mjx.kinematics(self.mjx_model, data)   # positions consistent with the final qpos
-    if "wrist" in self.camera_names:
-      data = mjx.camlight(self.mjx_model, data)
+    data = self._kinematics(data)   # positions consistent with the final qpos
     bad = bad | ~jnp.all(jnp.isfinite(data.qpos)) | ~jnp.all(jnp.isfinite(data.qvel))
     data = jax.tree.map(lambda new, old: jnp.where(bad, old, new), data, state.data)
 
