@@ -1,7 +1,7 @@
 """Jitted batched rollouts: ``lax.scan`` over time of vmapped env steps.
 
 Used for expert demonstrations, videos and closed-loop evaluation of a policy. A policy is a
-function ``policy_fn(obs, rng) -> actions`` float32 [N, D], where ``obs`` is the batched env
+function ``policy_fn(obs, rng, *policy_args) -> actions`` float32 [N, D], where ``obs`` is the batched env
 observation (``image/<camera>`` uint8 [N, H, W, 3], ``state`` float32 [N, S]) plus
 ``instruction_id`` / ``task_id`` / ``step`` int32 [N], so that a policy can look up the
 instruction text (``env.instructions``) it conditions on.
@@ -52,7 +52,9 @@ def make_rollout(env: TabletopEnv, policy_fn: Callable[..., jax.Array], num_envs
       reset samples uniformly among the configured tasks.
 
   Returns:
-    A jitted function of a PRNG key returning the final batched State and a trajectory dict
+    A jitted ``rollout(rng, *policy_args)`` (extra arguments, e.g. the policy params, are passed
+    on as ``policy_fn(obs, rng, *policy_args)`` and stay jit arguments, so new params reuse the
+    compilation) returning the final batched State and a trajectory dict
     with time-major arrays: ``obs`` (dict, [T, N, ...], the observation each action was taken
     from; only if ``record_obs``), ``action`` float32 [T, N, D], ``reward`` float32 [T, N],
     ``success`` bool [T, N] (latched), ``done`` bool [T, N], ``error`` bool [T, N], and
@@ -68,8 +70,9 @@ def make_rollout(env: TabletopEnv, policy_fn: Callable[..., jax.Array], num_envs
       raise ValueError(f"make_rollout: task_ids must have shape ({num_envs},), got {task_ids.shape}")
     v_reset = lambda keys: jax.vmap(env.reset_task)(keys, task_ids)
 
-  def one_step(state: State, rng):
-    act = policy_fn(state if privileged else policy_obs(state), rng)
+  def one_step(carry, rng):
+    state, policy_args = carry
+    act = policy_fn(state if privileged else policy_obs(state), rng, *policy_args)
     act = act.astype(jnp.float32)
     new = v_step(state, act)
     frozen = state.done
@@ -80,13 +83,14 @@ def make_rollout(env: TabletopEnv, policy_fn: Callable[..., jax.Array], num_envs
            "error": new.info["error"]}
     if record_obs:
       out["obs"] = state.obs
-    return new, out
+    return (new, policy_args), out
 
   @jax.jit
-  def rollout(rng: jax.Array):
+  def rollout(rng: jax.Array, *policy_args):
     k_reset, k_run = jax.random.split(rng)
     state = v_reset(jax.random.split(k_reset, num_envs))
-    final, traj = jax.lax.scan(one_step, state, jax.random.split(k_run, steps))
+    (final, _), traj = jax.lax.scan(one_step, (state, policy_args),
+                                    jax.random.split(k_run, steps))
     traj["task_id"] = state.info["task_id"]
     traj["instruction_id"] = state.info["instruction_id"]
     return final, traj
