@@ -1,4 +1,4 @@
-"""The main job behind ``experiments/train.py``: data -> tokenizers -> policy -> train -> eval -> report.
+"""The main job of ``experiments/train.py``: data, tokenizers, policy, train, eval, report.
 
 Every step is a library call so a notebook can run the same job piece by piece:
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -209,3 +209,40 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: st
                              config=config, sections=sections)
   print_fn(f"[report] {path}", flush=True)
   return path
+
+
+class LoadedPolicy(NamedTuple):
+  """A policy rebuilt from a checkpoint's assets (see :func:`load_checkpoint_policy`)."""
+  policy: policy_lib.Policy
+  params: Any
+  config: dict
+  norm_stats: dict
+  text_tokenizer: text.TextTokenizer
+  step: int
+
+
+def load_checkpoint_policy(workdir: str, step: int | None = None) -> LoadedPolicy:
+  """Rebuilds the policy of a run from its checkpoint alone (config, stats, tokenizers, params).
+
+  Raises FileNotFoundError naming the directory when there is no checkpoint or an asset is
+  missing.
+  """
+  from vla_jax.tokenizers import assets as tok_assets  # pylint: disable=g-import-not-at-top
+  from vla_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  restored = checkpoints.load_assets(ckpt_dir, step)
+  for name, value in (("config", restored.config), ("norm_stats", restored.norm_stats)):
+    if value is None:
+      raise FileNotFoundError(f"checkpoint in {ckpt_dir} has no '{name}' asset")
+  if "text" not in restored.tokenizer_dirs:
+    raise FileNotFoundError(f"checkpoint in {ckpt_dir} has no text tokenizer asset "
+                            f"(tokenizers: {sorted(restored.tokenizer_dirs)})")
+  config = ml_collections.ConfigDict(restored.config)
+  text_tok = text.TextTokenizer.load(restored.tokenizer_dirs["text"])
+  action_tok = (tok_assets.load_action_tokenizer(restored.tokenizer_dirs["action"])
+                if "action" in restored.tokenizer_dirs else None)
+  norm_stats = restored.norm_stats[DATASET]
+  policy = build_policy(config, norm_stats, text_tok, action_tok)
+  params = checkpoints.load_params(ckpt_dir, step)
+  resolved = step if step is not None else checkpoints.latest_step(ckpt_dir)
+  return LoadedPolicy(policy, params, restored.config, norm_stats, text_tok, resolved)
