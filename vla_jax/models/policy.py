@@ -51,7 +51,9 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
     flow: expert_width / expert_mlp_dim (the action expert; depth and heads follow the LM),
       num_steps (Euler steps, 10), num_noise_samples (M, level-2 minibatching).
     diffusion: num_readouts, hidden, num_blocks (denoiser), num_train_steps (20, Octo),
-      sampler ("ddim" | "ddpm"), num_steps, num_noise_samples (M), clip_sample.
+      sampler ("ddim" | "ddpm"), num_steps, num_noise_samples (M), clip_sample (1.0: the
+      quantile-normalized action range, Diffusion Policy's ``clip_sample``; use 5.0, Octo's
+      value, or 0 = off for z-score-normalized actions).
     ar: tokenizer ("binning" | "fast"), num_bins, max_fast_tokens, temperature (0 = greedy).
     discrete_diffusion: num_bins, rounds (12), temperature, remask_threshold.
   """
@@ -65,7 +67,7 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
                "num_noise_samples": 1},
       "diffusion": {"num_readouts": 1, "hidden": 256, "num_blocks": 3, "num_train_steps": 20,
                     "sampler": "ddim", "num_steps": 10, "num_noise_samples": 1,
-                    "clip_sample": 5.0},
+                    "clip_sample": 1.0},
       "ar": {"tokenizer": "binning", "num_bins": 256, "max_fast_tokens": 64,
              "temperature": 0.0},
       "discrete_diffusion": {"num_bins": 256, "rounds": 12, "temperature": 0.0,

@@ -16,7 +16,8 @@ one readout; the denoiser handles each copy independently (no leakage by constru
 Sampling in ``lax.scan``: ``sampler="ddpm"`` (eta = 1) or ``"ddim"`` (eta = 0) over
 ``num_steps`` evenly spaced levels; the prefix and readouts run once per chunk, the denoiser once
 per step (nfe = num_steps). The predicted x0 is clipped to ``[-clip_sample, clip_sample]``
-(Octo clips to its max action 5.0; 0 disables).
+(default 1.0, the quantile-normalized range, as Diffusion Policy's ``clip_sample``; Octo clips
+z-scored actions to 5.0; 0 disables): early high-noise x0 estimates are otherwise far off).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class DiffusionHead:
   sampler: str = "ddim"
   num_steps: int = 10
   num_noise_samples: int = 1
-  clip_sample: float = 5.0
+  clip_sample: float = 1.0
 
   def __post_init__(self):
     if self.sampler not in SAMPLERS:

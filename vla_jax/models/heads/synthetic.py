@@ -5,7 +5,8 @@ with a bright square at an image-specific place, times ``num_instructions`` toke
 condition has ``modes`` target chunks (distinct smooth curves, values in [-0.8, 0.8]); the batch
 holds every (condition, mode) pair ``repeats`` times, so the action distribution given one
 condition is multimodal when ``modes > 1`` and a model must read both the image and the text to
-pick the right chunk set. ``state`` is random proprio noise (the model must not depend on it).
+pick the right chunk set. ``state`` is a fixed per-condition proprio vector, identical for all
+modes of a condition (so nothing in the observation tells the modes apart).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def multimodal_batch(*, horizon: int = 4, action_dim: int = 2, state_dim: int = 
   rows = [(c, m) for c in range(n_cond) for m in range(modes) for _ in range(repeats)]
   cond = np.array([c for c, _ in rows])
   b = len(rows)
+  state = rng.normal(0, 0.5, (n_cond, state_dim)).astype(np.float32)
   colours = rng.integers(0, 256, (num_images, 3))
   images = np.zeros((b, history, image_size, image_size, 3), np.uint8)
   q = image_size // 2
@@ -52,7 +54,7 @@ def multimodal_batch(*, horizon: int = 4, action_dim: int = 2, state_dim: int = 
   batch = {
       "image/base": images,
       "obs_mask": np.ones((b, history), bool),
-      "state": rng.normal(0, 0.1, (b, history, state_dim)).astype(np.float32),
+      "state": np.repeat(state[cond][:, None], history, axis=1),
       "text_tokens": text,
       "text_mask": text_mask,
       "actions": np.stack([targets[c, m] for c, m in rows]).astype(np.float32),
