@@ -202,3 +202,26 @@ def test_bad_checkpoints_are_named(hf_paligemma, hf_gemma, tmp_path):
     weights.import_hf(gpath, "gemma", dataclasses.replace(gcfg, vocab_size=65))
   with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
     weights.import_hf(tmp_path / "nothing.safetensors", "gemma", gcfg)
+
+
+def test_merge_pretrained_backbone_into_tree_with_expert(hf_paligemma):
+  _, cfg, path = hf_paligemma
+  loaded = weights.import_hf(path, "paligemma", cfg)
+  expert = gemma.GemmaConfig(width=16, depth=2, mlp_dim=32, num_heads=4, num_kv_heads=1,
+                             head_dim=8)
+  model = vlm.VLM(cfg, experts=(expert,))
+  images = {"base": jnp.zeros((1, 16, 16, 3), jnp.uint8)}
+  tok, mask = jnp.ones((1, 2), jnp.int32), jnp.ones((1, 2), bool)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images, tok, mask,
+                                             [jnp.zeros((1, 3, 16))],
+                                             method=vlm.VLM.forward_all))
+  fresh = jax.tree.map(lambda s: np.full(s.shape, 7.0, np.float32), shapes)
+  merged = weights.merge_params(fresh, loaded)
+  np.testing.assert_array_equal(merged["params"]["llm"]["layers_1"]["attn"]["q_einsum"]["w"],
+                                loaded["params"]["llm"]["layers_1"]["attn"]["q_einsum"]["w"])
+  assert (merged["params"]["llm"]["layers_1"]["attn"]["q_einsum_1"]["w"] == 7.0).all()
+  assert (merged["params"]["llm"]["final_norm_1"]["scale"] == 7.0).all()
+  bad = jax.tree.map(lambda a: a, loaded)
+  bad["params"]["img"]["head"]["bias"] = np.zeros(5, np.float32)
+  with pytest.raises(weights.CheckpointMismatchError, match=r"params/img/head/bias: loaded \(5,\)"):
+    weights.merge_params(fresh, bad)
