@@ -187,12 +187,11 @@ class RMSNorm(nn.Module):
     return y.astype(x.dtype)
 
 
-class Einsum(nn.Module):
+class EinsumWeight(nn.Module):
   """Holds a bias-free weight ``w`` of ``shape`` (big_vision's einsum layout) and returns it.
 
-  The callers contract it as one 2-D matmul (weight reshaped to [in, out]): on CPU, XLA runs
-  that much faster than the equivalent multi-axis einsum, whose backward pass transposes
-  activations.
+  The callers contract it as one 2-D matmul (weight reshaped to [in, out]); on this project's
+  CPUs XLA ran that faster than the equivalent multi-axis einsums (benchmarks/backbone.py).
   """
 
   shape: tuple[int, ...]
@@ -240,20 +239,19 @@ class Attention(nn.Module):
   def __call__(self, xs, positions, mask, kv_cache, index):
     c0 = self.configs[0]
     n, k, h = c0.num_heads, c0.num_kv_heads, c0.head_dim
-    qs, ks, vs, lengths = [], [], [], []
+    qs, ks, vs = [], [], []
     for i, x in enumerate(xs):
       if x is None:
         continue
       w = self.configs[i].width
-      wq = Einsum((n, w, h), in_axis=1, out_axis=(0, 2), name=_suffix("q_einsum", i))()
-      wkv = Einsum((2, k, w, h), in_axis=2, out_axis=(0, 1, 3), name=_suffix("kv_einsum", i))()
+      wq = EinsumWeight((n, w, h), in_axis=1, out_axis=(0, 2), name=_suffix("q_einsum", i))()
+      wkv = EinsumWeight((2, k, w, h), in_axis=2, out_axis=(0, 1, 3), name=_suffix("kv_einsum", i))()
       q = _matmul(x, wq.transpose(1, 0, 2).reshape(w, n * h))
       kv = _matmul(x, wkv.transpose(2, 0, 1, 3).reshape(w, 2 * k * h))
       kv = kv.reshape(x.shape[:2] + (2, k, h))
       qs.append(q.reshape(x.shape[:2] + (n, h)))
       ks.append(kv[:, :, 0])
       vs.append(kv[:, :, 1])
-      lengths.append(x.shape[1])
     q = jnp.concatenate(qs, axis=1)
     key = jnp.concatenate(ks, axis=1)
     value = jnp.concatenate(vs, axis=1)
@@ -285,7 +283,7 @@ class Attention(nn.Module):
       o = out[:, start:start + length]
       start += length
       w = self.configs[i].width
-      wo = Einsum((n, h, w), in_axis=(0, 1), out_axis=2, name=_suffix("attn_vec_einsum", i))()
+      wo = EinsumWeight((n, h, w), in_axis=(0, 1), out_axis=2, name=_suffix("attn_vec_einsum", i))()
       outs.append(_matmul(o.reshape(o.shape[:2] + (n * h,)), wo.reshape(n * h, w)))
     return outs, new_kv
 
@@ -298,8 +296,8 @@ class FeedForward(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    w_gate = Einsum((2, self.width, self.mlp_dim), in_axis=1, out_axis=2, name="gating_einsum")()
-    w_out = Einsum((self.mlp_dim, self.width), in_axis=0, out_axis=1, name="linear")()
+    w_gate = EinsumWeight((2, self.width, self.mlp_dim), in_axis=1, out_axis=2, name="gating_einsum")()
+    w_out = EinsumWeight((self.mlp_dim, self.width), in_axis=0, out_axis=1, name="linear")()
     gate = _matmul(x, w_gate.transpose(1, 0, 2).reshape(self.width, 2 * self.mlp_dim))
     gate = gate.reshape(x.shape[:-1] + (2, self.mlp_dim))
     hidden = nn.gelu(gate[..., 0, :], approximate=True) * gate[..., 1, :]
