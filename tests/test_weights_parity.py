@@ -198,7 +198,8 @@ def test_bad_checkpoints_are_named(hf_paligemma, hf_gemma, tmp_path):
   _, gcfg, gpath = hf_gemma
   with pytest.raises(weights.CheckpointMismatchError, match=r"layers\.2\.self_attn\.q_proj"):
     weights.import_hf(gpath, "gemma", dataclasses.replace(gcfg, depth=3))
-  with pytest.raises(weights.CheckpointMismatchError, match=r"embedder/embedding: checkpoint \(64, 32\) vs model \(65, 32\)"):
+  with pytest.raises(weights.CheckpointMismatchError,
+                     match=r"embedder/embedding: checkpoint \(64, 32\) vs model \(65, 32\)"):
     weights.import_hf(gpath, "gemma", dataclasses.replace(gcfg, vocab_size=65))
   with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
     weights.import_hf(tmp_path / "nothing.safetensors", "gemma", gcfg)

@@ -245,7 +245,8 @@ class Attention(nn.Module):
         continue
       w = self.configs[i].width
       wq = EinsumWeight((n, w, h), in_axis=1, out_axis=(0, 2), name=_suffix("q_einsum", i))()
-      wkv = EinsumWeight((2, k, w, h), in_axis=2, out_axis=(0, 1, 3), name=_suffix("kv_einsum", i))()
+      wkv = EinsumWeight((2, k, w, h), in_axis=2, out_axis=(0, 1, 3),
+                         name=_suffix("kv_einsum", i))()
       q = _matmul(x, wq.transpose(1, 0, 2).reshape(w, n * h))
       kv = _matmul(x, wkv.transpose(2, 0, 1, 3).reshape(w, 2 * k * h))
       kv = kv.reshape(x.shape[:2] + (2, k, h))
@@ -296,7 +297,8 @@ class FeedForward(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    w_gate = EinsumWeight((2, self.width, self.mlp_dim), in_axis=1, out_axis=2, name="gating_einsum")()
+    w_gate = EinsumWeight((2, self.width, self.mlp_dim), in_axis=1, out_axis=2,
+                          name="gating_einsum")()
     w_out = EinsumWeight((self.mlp_dim, self.width), in_axis=0, out_axis=1, name="linear")()
     gate = _matmul(x, w_gate.transpose(1, 0, 2).reshape(self.width, 2 * self.mlp_dim))
     gate = gate.reshape(x.shape[:-1] + (2, self.mlp_dim))
