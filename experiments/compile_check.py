@@ -45,7 +45,8 @@ from vla_jax.training import mesh as mesh_lib
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/vla_paligemma_3b.py", "Experiment config (configs/vla_paligemma_3b.py).")
 
-_EXPERT_KEY = re.compile(r"_\d+$")  # extra Gemma experts' weights: "mlp_1", "q_einsum_1", ...
+# Extra Gemma experts' weights in the LM ("mlp_1", "q_einsum_1"; the ViT's "Dense_0" are not).
+_EXPERT_KEY = re.compile(r"_\d+$")
 
 
 def _fmt(num_bytes: int) -> str:
@@ -62,7 +63,8 @@ def param_split(params) -> tuple[int, int]:
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     keys = [str(getattr(k, "key", k)) for k in path]
     n = int(np.prod(leaf.shape))
-    if "vlm" in keys and not any(_EXPERT_KEY.search(k) for k in keys):
+    expert = "llm" in keys and any(_EXPERT_KEY.search(k) for k in keys)
+    if "vlm" in keys and not expert:
       backbone += n
     else:
       head += n
