@@ -5,15 +5,22 @@ PaliGemma-3B's size and the ``head`` arg must switch the head. The compile itsel
 is run by ``experiments/compile_check.py``, not here.
 """
 
+import importlib.util
+import pathlib
 import re
 
 import jax
 import numpy as np
 import pytest
 
-from configs import vla_paligemma_3b
 from vla_jax.models import policy as policy_lib
 from vla_jax.training import compile_check
+
+# Loaded by path, as --config=configs/vla_paligemma_3b.py does (configs/ is not a package).
+_SPEC = importlib.util.spec_from_file_location(
+    "vla_paligemma_3b", pathlib.Path(__file__).parents[1] / "configs" / "vla_paligemma_3b.py")
+vla_paligemma_3b = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(vla_paligemma_3b)
 
 # PaliGemma-3B (SigLIP So400m/14 at 224 px + Gemma 2B, vocab 257152): 2.92B parameters
 # (PaliGemma report, Beyer et al. 2024).
