@@ -101,8 +101,8 @@ class Evaluator:
   """Closed-loop evaluation of one policy architecture; compiled once, called with any params.
 
   ``evaluator(params, num_episodes_per_task=..., seed=...)`` runs batches of ``batch_envs``
-  episodes until every enabled task has ``num_episodes_per_task`` (tasks are drawn uniformly by
-  ``env.reset``, so a few more run; all are reported). The params are an argument of the jitted
+  episodes, the enabled tasks tiled over each batch, until every task has
+  ``num_episodes_per_task`` (the last batch may add a few more; all are reported). The params are an argument of the jitted
   rollout, so periodic evaluations during training reuse one compilation.
   """
 
@@ -123,7 +123,10 @@ class Evaluator:
     policy_fn = make_policy_fn(policy, norm_stats=norm_stats, norm_mode=norm_mode,
                                text_ids=self.text_ids, text_mask=self.text_mask,
                                camera_names=cams, sample_options=sample_options)
-    self._run = rollout_lib.make_rollout(env, policy_fn, batch_envs, record_obs=record_video)
+    # Tasks are tiled over the batch so every batch holds (about) equal episodes of each task.
+    task_ids = np.resize(np.asarray(env.enabled_task_ids, np.int32), batch_envs)
+    self._run = rollout_lib.make_rollout(env, policy_fn, batch_envs, record_obs=record_video,
+                                         task_ids=task_ids)
     self._compiled = False
 
   def __call__(self, params: Any, *, num_episodes_per_task: int, seed: int,

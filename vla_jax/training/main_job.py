@@ -133,6 +133,8 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: st
   evals: list[tuple[int, float]] = []
 
   def periodic_eval(step: int, state) -> None:
+    if step == config.train.num_steps:
+      return  # The final evaluation below covers the last step with more episodes.
     res = evaluator(state.inference_params(),
                     num_episodes_per_task=config.eval.periodic_episodes_per_task,
                     seed=config.eval.seed, print_fn=lambda *a, **k: None)
@@ -199,8 +201,9 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: st
       ("Closed-loop success (final)",
        report.success_table(final.per_task, final.mean_success)
        + f"\n\nEpisodes with an error flag (invalid/NaN action): {int(final.error.sum())}. "
-       f"Rollouts: {final.seconds:.1f} s after compilation "
-       f"({final.compile_seconds:.1f} s for the first, compiling batch)."),
+       f"Rollouts: {final.seconds:.1f} s"
+       + (f" after compilation ({final.compile_seconds:.1f} s for the first, compiling batch)."
+          if final.compile_seconds else " (compiled during the periodic evaluations).")),
       ("Inference latency", f"{ms:.1f} ms per action chunk (one observation, jitted, CPU)."),
       ("Rollout videos", "\n".join(video_lines) or "(none)"),
   ]
