@@ -1,0 +1,146 @@
+"""Action heads on the tiny backbone: train-step time, level-2 minibatching, inference latency.
+
+  PYTHONPATH=. python benchmarks/heads.py
+
+Backbone ``tiny`` (ViT 4 x 128 over one 64x64 camera frame = 64 tokens, Gemma 4 x 128; the flow
+expert 64 wide), 16 text tokens, proprio S = 8, chunks H = 10 x D = 7. Every timing is the median
+of ``--reps`` calls after one compile + warm-up call, on this machine, in this run:
+
+1. Training step (loss + gradient + Adam update, batch ``--batch_size``) per head.
+2. Level-2 minibatching (flow and diffusion): step time at M = 1, 4, 8, 16 noised samples per
+   conditioning and the cost per noised sample relative to M = 1 (target at M = 8: <= 0.3x).
+3. Inference latency per action chunk (batch 1) and network evaluations (nfe) per chunk: AR with
+   and without the KV cache, flow with 1 / 5 / 10 Euler steps with and without prefix caching,
+   diffusion DDPM (20 steps) vs DDIM (10), discrete diffusion 12 and 4 rounds; each also as a
+   multiple of one backbone forward pass (the prefix: ViT + LM) measured in the same run.
+
+Takes about 3 minutes on 2 CPU cores (most of it XLA compilation).
+"""
+
+import os
+import statistics
+import sys
+import time
+
+# benchmarks/tokenizers.py would shadow the Hugging Face `tokenizers` package (imported by FAST)
+# when this folder is sys.path[0]; drop the folder before any import.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+
+from vla_jax.models import policy as policy_lib
+
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Training batch size.")
+_REPS = flags.DEFINE_integer("reps", 5, "Timed calls per measurement (median).")
+H, D, S, L, TEXT_VOCAB, IMAGE = 10, 7, 8, 16, 384, 64
+
+
+def _batch(b: int, seed: int = 0) -> dict:
+  rng = np.random.default_rng(seed)
+  return {
+      "image/base": jnp.asarray(rng.integers(0, 256, (b, 1, IMAGE, IMAGE, 3), np.uint8)),
+      "obs_mask": jnp.ones((b, 1), bool),
+      "state": jnp.asarray(rng.normal(size=(b, 1, S)).astype(np.float32)),
+      "text_tokens": jnp.asarray(rng.integers(1, TEXT_VOCAB, (b, L)).astype(np.int32)),
+      "text_mask": jnp.ones((b, L), bool),
+      "actions": jnp.asarray(rng.uniform(-1, 1, (b, H, D)).astype(np.float32)),
+      "action_mask": jnp.ones((b, H), bool),
+  }
+
+
+def _seconds(fn, *args) -> float:
+  """Median seconds of ``fn(*args)`` (blocked) after one warm-up/compile call."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(_REPS.value):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _policy(head: str, **section):
+  config = policy_lib.default_policy_config(head, backbone="tiny")
+  config[head].update(section)
+  return policy_lib.make_policy(config, action_dim=D, action_horizon=H, state_dim=S,
+                                text_vocab_size=TEXT_VOCAB)
+
+
+def _train_step_seconds(policy, batch) -> float:
+  params = jax.jit(policy.init)(jax.random.key(0), batch)
+  opt = optax.adam(1e-4)
+  opt_state = opt.init(params)
+
+  @jax.jit
+  def step(params, opt_state, rng):
+    (loss, _), grads = jax.value_and_grad(policy.loss, has_aux=True)(params, batch, rng)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return _seconds(step, params, opt_state, jax.random.key(1))
+
+
+def main(argv):
+  del argv
+  t0 = time.perf_counter()
+  batch = _batch(_BATCH.value)
+  print(f"devices: {jax.devices()}; tiny backbone, train batch {_BATCH.value}, chunk H={H} "
+        f"D={D}, median of {_REPS.value} calls", flush=True)
+
+  print("\n1) training step (loss + grad + Adam)")
+  train_m1 = {}
+  for head in policy_lib.HEADS:
+    s = _train_step_seconds(_policy(head), batch)
+    if head in ("flow", "diffusion"):
+      train_m1[head] = s
+    print(f"  {head:<20s} {1e3 * s:8.1f} ms/step", flush=True)
+
+  print("\n2) level-2 minibatching: M noised samples per conditioning (shared prefix)")
+  for head in ("flow", "diffusion"):
+    base = train_m1[head]
+    for m in (1, 4, 8, 16):
+      s = base if m == 1 else _train_step_seconds(_policy(head, num_noise_samples=m), batch)
+      per = s / (m * _BATCH.value)
+      rel = s / m / base
+      print(f"  {head:<10s} M={m:<3d} {1e3 * s:8.1f} ms/step  {1e3 * per:7.2f} ms/noised "
+            f"sample  {rel:5.2f}x of M=1{'  (target <= 0.30x)' if m == 8 else ''}", flush=True)
+
+  print("\n3) inference per action chunk (batch 1)")
+  obs = {k: v for k, v in _batch(1, seed=1).items() if not k.startswith("action")}
+  flow = _policy("flow")
+  params = {"flow": jax.jit(flow.init)(jax.random.key(0), _batch(1))}
+  mod = flow.head.module
+  forward = jax.jit(lambda p, o: mod.apply({"params": p}, o, method=type(mod).prefix))
+  base = _seconds(forward, params["flow"], obs)
+  print(f"  backbone forward (prefix: ViT + LM)      {1e3 * base:8.2f} ms   (1.00x)", flush=True)
+  rows = []
+  ar = _policy("ar")
+  rows += [("ar", ar, {"use_cache": True}, "AR binning, KV cache"),
+           ("ar", ar, {"use_cache": False}, "AR binning, no cache")]
+  for n in (1, 5, 10):
+    for cache in (True, False):
+      rows.append(("flow", flow, {"num_steps": n, "use_cache": cache},
+                   f"flow {n:>2d} steps, {'prefix cache' if cache else 'no cache'}"))
+  diff = _policy("diffusion")
+  rows += [("diffusion", diff, {"sampler": "ddpm", "num_steps": 20}, "diffusion DDPM 20 steps"),
+           ("diffusion", diff, {"sampler": "ddim", "num_steps": 10}, "diffusion DDIM 10 steps")]
+  dd = _policy("discrete_diffusion")
+  rows += [("discrete_diffusion", dd, {"rounds": 12}, "discrete diffusion 12 rounds"),
+           ("discrete_diffusion", dd, {"rounds": 4}, "discrete diffusion 4 rounds")]
+  for head, pol, options, label in rows:
+    if head not in params:
+      params[head] = jax.jit(pol.init)(jax.random.key(0), _batch(1))
+    fn = jax.jit(lambda p, o, r, pol=pol, options=options: pol.sample(p, o, r, **options))
+    s = _seconds(fn, params[head], obs, jax.random.key(2))
+    nfe = int(fn(params[head], obs, jax.random.key(2))["nfe"])
+    print(f"  {label:<40s} {1e3 * s:8.2f} ms   ({s / base:5.2f}x)  nfe {nfe}", flush=True)
+  print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+  app.run(main)
