@@ -14,23 +14,38 @@ import optax
 import pytest
 
 from vla_jax.models import policy as policy_lib
-from vla_jax.models.heads import synthetic
+from vla_jax.models.heads import action_tokens, synthetic
+from vla_jax.tokenizers import fast
 
 H, D, S, TEXT_VOCAB = 4, 2, 3, 8
 STEPS, LR = 400, 3e-3
 # Max |sampled - target| over the chunk. Token heads: binning with 64 bins over [-1, 1] has a
 # half-bin error of 1/64 ~ 0.016, so 0.05 allows one neighbouring bin; continuous heads: 0.25.
-TOLERANCE = {"flow": 0.25, "diffusion": 0.25, "ar": 0.05, "discrete_diffusion": 0.05}
+# FAST at scale 10 rounds DCT coefficients to 0.05, spread over time by the inverse DCT: 0.1.
+TOLERANCE = {"flow": 0.25, "diffusion": 0.25, "ar": 0.05, "discrete_diffusion": 0.05,
+             "ar_fast": 0.1}
+HEADS = (*policy_lib.HEADS, "ar_fast")
+
+
+def fast_tokenizer():
+  """FAST fitted on the four target chunks plus smooth random ones (vocabulary 64)."""
+  _, _, targets = synthetic.multimodal_batch(horizon=H, action_dim=D, state_dim=S, modes=1)
+  rng = np.random.default_rng(0)
+  extra = np.cumsum(rng.normal(0, 0.2, (200, H, D)), axis=1).clip(-1, 1)
+  chunks = np.concatenate([targets[:, 0], extra]).astype(np.float32)
+  return fast.FastTokenizer(H, D, scale=10.0, vocab_size=64).fit(chunks)
 
 
 def micro_config(head: str):
-  c = policy_lib.default_policy_config(head)
+  c = policy_lib.default_policy_config("ar" if head == "ar_fast" else head)
   c.backbone.vit.update(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8, image_size=16,
                         head_dim=32)
   c.backbone.llm.update(width=32, depth=2, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=16)
   c.flow.update(expert_width=16, expert_mlp_dim=32, num_noise_samples=8)
   c.diffusion.update(hidden=64, num_blocks=2, num_noise_samples=8)
   c.ar.num_bins = 64
+  if head == "ar_fast":
+    c.ar.update(tokenizer="fast", max_fast_tokens=H * D)
   c.discrete_diffusion.num_bins = 64
   return c
 
@@ -52,7 +67,8 @@ def train(head, data):
     return _TRAINED[head]
   batch = data[0]
   pol = policy_lib.make_policy(micro_config(head), action_dim=D, action_horizon=H, state_dim=S,
-                               text_vocab_size=TEXT_VOCAB)
+                               text_vocab_size=TEXT_VOCAB,
+                               action_tokenizer=fast_tokenizer() if head == "ar_fast" else None)
   params = pol.init(jax.random.key(0), batch)
   opt = optax.adam(LR)
 
@@ -76,7 +92,7 @@ def train(head, data):
   return _TRAINED[head]
 
 
-@pytest.mark.parametrize("head", policy_lib.HEADS)
+@pytest.mark.parametrize("head", HEADS)
 def test_head_overfits_samples_deterministically_compiles_once(head, data):
   _, obs, cond, targets = data
   pol, params, losses, train_compiles = train(head, data)
@@ -138,3 +154,22 @@ def test_ar_kv_cache_matches_recomputation(data):
   assert int(n1) == int(n2) == H * D + 1  # H * D action tokens, then EOS stops every row.
   eos = pol.head.layout.special(1)
   assert (np.asarray(cached)[:, -1] == eos).all()
+
+
+def test_fast_invalid_sequences_are_reported():
+  """A FAST sequence that does not decode to H x D coefficients is invalid: NaN, never zeros."""
+  tok = fast_tokenizer()
+  good = np.asarray(synthetic.multimodal_batch(horizon=H, action_dim=D, modes=1)[0]["actions"])
+  ids, lengths = tok.encode(good[:2], max_len=H * D)
+  ids = np.asarray(ids).copy()
+  lengths = np.asarray(lengths).copy()
+  lengths[1] = 1  # Truncated: too few coefficients.
+  ids[0, 0] = -1  # Not an action token (e.g. EOS/BOA emitted inside the sequence).
+  decode = jax.jit(lambda i, n: action_tokens.decode_ids(tok, i, n, H, D))
+  actions, valid = decode(jnp.asarray(ids), jnp.asarray(lengths))
+  assert not np.asarray(valid).any()
+  assert np.isnan(np.asarray(actions)).all()
+  ids2, lengths2 = tok.encode(good[:2], max_len=H * D)
+  actions, valid = decode(jnp.asarray(ids2), jnp.asarray(lengths2))
+  assert np.asarray(valid).all()
+  np.testing.assert_allclose(np.asarray(actions), good[:2], atol=0.1)
