@@ -94,10 +94,21 @@ def build_policy(config: ml_collections.ConfigDict, norm_stats: dict, text_token
       text_vocab_size=text_tokenizer.vocab_size, action_tokenizer=action_tokenizer)
 
 
+def check_data_matches_env(norm_stats: dict, env: tabletop.TabletopEnv, where: str) -> None:
+  """Raises ValueError when the dataset's action/state dimensions differ from the env's."""
+  for key, want in (("action", env.action_dim), ("state", env.state_dim)):
+    got = len(norm_stats[key]["mean"])
+    if got != want:
+      raise ValueError(f"{where}: the dataset's {key} dimension is {got} but the env of "
+                       f"config.collect.env acts with {key} dimension {want}; point "
+                       f"config.data at a dataset of this env or change the env config")
+
+
 def make_evaluator(config, policy, norm_stats, text_tokenizer,
                    env: tabletop.TabletopEnv | None = None) -> closed_loop.Evaluator:
   """A compiled-once closed-loop evaluator in the env the demonstrations came from."""
   env = env or tabletop.make_env(config.collect.env)
+  check_data_matches_env(norm_stats, env, f"dataset {config.data.datasets[DATASET].path}")
   return closed_loop.Evaluator(env, policy, norm_stats=norm_stats,
                                norm_mode=config.data.norm_mode, text_tokenizer=text_tokenizer,
                                max_text_len=config.data.max_text_len,

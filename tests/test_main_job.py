@@ -1,0 +1,57 @@
+"""The main job's config and its checks (the full job is exercised by the README command)."""
+
+import importlib.util
+import os
+
+import pytest
+
+from vla_jax.envs import tabletop
+from vla_jax.training import main_job
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config_module():
+  spec = importlib.util.spec_from_file_location("vla_tiny", os.path.join(_ROOT, "configs",
+                                                                         "vla_tiny.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("head", ["flow", "diffusion", "ar", "ar_fast", "discrete_diffusion"])
+def test_head_flag_switches_the_head(head):
+  c = _config_module().get_config(f"head={head},steps=10")
+  assert c.policy.head == ("ar" if head == "ar_fast" else head)
+  assert c.train.num_steps == 10
+  if head == "ar_fast":
+    assert c.policy.ar.tokenizer == "fast"
+
+
+def test_unknown_arg_key_lists_close_matches():
+  with pytest.raises(KeyError, match="Did you mean: head"):
+    _config_module().get_config("haed=flow")
+
+
+def test_unknown_head_is_an_error():
+  with pytest.raises(ValueError, match="head='flw'"):
+    _config_module().get_config("head=flw")
+
+
+def _stats(action_dim, state_dim):
+  one = lambda d: {"mean": [0.0] * d}
+  return {"action": one(action_dim), "state": one(state_dim)}
+
+
+def test_dataset_dimension_disagreeing_with_env_is_an_error():
+  env = tabletop.make_env(tabletop.default_env_config())
+  main_job.check_data_matches_env(_stats(env.action_dim, env.state_dim), env, "ok")
+  with pytest.raises(ValueError, match=r"action dimension is 7 .* dimension 4"):
+    main_job.check_data_matches_env(_stats(7, env.state_dim), env, "dataset /some/where")
+  with pytest.raises(ValueError, match="state dimension is 9"):
+    main_job.check_data_matches_env(_stats(env.action_dim, 9), env, "dataset /some/where")
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    main_job.load_checkpoint_policy(str(tmp_path))
