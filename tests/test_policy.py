@@ -116,3 +116,41 @@ def test_bad_batches_name_the_key(batch):
   no_mask = {k: v for k, v in batch.items() if k != "action_mask"}
   with pytest.raises(KeyError, match="action_mask"):
     jax.eval_shape(pol.loss, shapes, no_mask, jax.random.key(1))
+
+
+def test_discrete_diffusion_schedule_and_remasking():
+  from vla_jax.models.heads import discrete_diffusion as dd
+  sched = dd.unmask_schedule(70, 12)
+  assert sched[-1] == 0 and (np.diff(sched) <= 0).all() and sched[0] == 69  # cos(pi/24) * 70
+  # 4 slots, 3 bins. Slot 0 committed & confident, slot 1 committed but now unsure (0.2),
+  # slots 2, 3 masked with candidates at 0.9 and 0.1.
+  probs = np.array([[[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.05, 0.05, 0.9], [0.1, 0.5, 0.4]]],
+                   np.float32)
+  ids = np.array([[0, 0, 0, 0]])
+  committed = np.array([[True, True, False, False]])
+  cand = np.array([[0, 1, 2, 0]])  # Slot 3's candidate has probability 0.1.
+  new_ids, new_committed = dd.commit_round(ids, committed, probs, cand, 2, 0.5)
+  # Keep 2: slot 0 (confident) and slot 2 (0.9) beat the unsure slot 1 (0.2): it is re-masked.
+  np.testing.assert_array_equal(new_committed, [[True, False, True, False]])
+  np.testing.assert_array_equal(np.asarray(new_ids)[new_committed], [0, 2])
+  # With a low threshold slot 1 is kept whatever the competition.
+  _, kept = dd.commit_round(ids, committed, probs, cand, 2, 0.1)
+  np.testing.assert_array_equal(kept, [[True, True, False, False]])
+  # Keep 3: slot 1 (0.2) outranks slot 3's candidate (0.1) and stays.
+  _, three = dd.commit_round(ids, committed, probs, cand, 3, 0.5)
+  np.testing.assert_array_equal(three, [[True, True, True, False]])
+
+
+def test_padded_history_frames_are_ignored(batch):
+  """With T = 2 and frame 0 padded (obs_mask False), its image and state do not matter."""
+  hist = synthetic.multimodal_batch(horizon=H, action_dim=D, state_dim=S, modes=1, history=2)[0]
+  hist["obs_mask"][:, 0] = False
+  pol = make("flow")
+  params = jax.jit(pol.init)(jax.random.key(0), hist)
+  loss = jax.jit(lambda b: pol.loss(params, b, jax.random.key(1))[0])
+  changed = dict(hist, state=hist["state"].copy(), **{"image/base": hist["image/base"].copy()})
+  changed["state"][:, 0] += 5.0
+  changed["image/base"][:, 0] = 17
+  np.testing.assert_allclose(loss(changed), loss(hist), rtol=1e-6)
+  visible = dict(changed, obs_mask=np.ones_like(hist["obs_mask"]))
+  assert abs(float(loss(visible)) - float(loss(hist))) > 1e-4  # The frames do matter if valid.

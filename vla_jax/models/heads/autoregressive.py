@@ -115,7 +115,8 @@ class ARHead:
   def init(self, rng: Array, batch: Mapping[str, Array]):
     b = batch["obs_mask"].shape[0]
     inputs = jnp.zeros((b, self.max_tokens + 1), jnp.int32)
-    return self.module.init(rng, batch, inputs, method=ARModule.sequence_logits)["params"]
+    return self.module.init(common.init_key(rng), batch, inputs,
+                            method=ARModule.sequence_logits)["params"]
 
   def loss(self, params, batch, rng):
     del rng  # Teacher forcing is deterministic.

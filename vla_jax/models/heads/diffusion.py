@@ -135,7 +135,8 @@ class DiffusionHead:
     ddpm.sampling_timesteps(self.module.num_train_steps, self.num_steps)  # Validates.
 
   def init(self, rng: Array, batch: Mapping[str, Array]):
-    return self.module.init(rng, batch, method=DiffusionModule.init_all)["params"]
+    return self.module.init(common.init_key(rng), batch,
+                            method=DiffusionModule.init_all)["params"]
 
   def loss(self, params, batch, rng):
     return self.module.apply({"params": params}, batch, rng, self.num_noise_samples,

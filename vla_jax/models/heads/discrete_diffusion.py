@@ -87,6 +87,30 @@ def unmask_schedule(n: int, rounds: int) -> np.ndarray:
   return np.floor(n * np.cos(math.pi / 2 * k / rounds)).astype(np.int32)
 
 
+def commit_round(ids: Array, committed: Array, probs: Array, cand: Array, n_keep: Array,
+                 remask_threshold: float) -> tuple[Array, Array]:
+  """One decoding round's commitment with secondary re-masking (see the module docstring).
+
+  Args:
+    ids: int [B, n] bin ids (meaningful where ``committed``); committed: bool [B, n].
+    probs: float [B, n, N] this round's predicted bin probabilities; cand: int [B, n] the
+      candidate bin of every slot.
+    n_keep: int [] slots committed after this round (>= the number committed before).
+    remask_threshold: committed slots with probability below it may be re-masked.
+
+  Returns:
+    ``(ids, committed)``: newly committed slots take their candidate, kept slots their old id;
+    exactly ``n_keep`` slots per row are committed.
+  """
+  cand_conf = jnp.take_along_axis(probs, cand[..., None], -1)[..., 0]
+  cur_conf = jnp.take_along_axis(probs, jnp.clip(ids, 0)[..., None], -1)[..., 0]
+  # Committed & confident: 2 (> any probability, always kept); committed & unsure: its current
+  # probability (re-masked when outranked); masked: the candidate's probability.
+  score = jnp.where(committed, jnp.where(cur_conf < remask_threshold, cur_conf, 2.0), cand_conf)
+  rank = jnp.argsort(jnp.argsort(-score, axis=1), axis=1)
+  return jnp.where(committed, ids, cand), rank < n_keep
+
+
 @dataclasses.dataclass(frozen=True, eq=False)  # Hashed by identity (jit of bound methods).
 class DiscreteDiffusionHead:
   """Masked discrete diffusion behind the policy interface (see the module docstring).
@@ -120,7 +144,7 @@ class DiscreteDiffusionHead:
   def init(self, rng: Array, batch: Mapping[str, Array]):
     b = batch["obs_mask"].shape[0]
     tokens = jnp.full((b, self.num_tokens), self.layout.special(MASK), jnp.int32)
-    return self.module.init(rng, batch, tokens,
+    return self.module.init(common.init_key(rng), batch, tokens,
                             method=DiscreteDiffusionModule.joint_logits)["params"]
 
   def loss(self, params, batch, rng):
@@ -158,20 +182,12 @@ class DiscreteDiffusionHead:
       tokens = jnp.where(committed, self.layout.to_lm(ids), mask_id)
       logits = mod.apply({"params": params}, tokens, prefix_mask, cache,
                          method=DiscreteDiffusionModule.cached_logits)
-      probs = jax.nn.softmax(logits, axis=-1)
       if self.temperature > 0:
         cand = jax.random.categorical(key, logits / self.temperature).astype(jnp.int32)
       else:
         cand = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-      cand_conf = jnp.take_along_axis(probs, cand[..., None], -1)[..., 0]
-      cur_conf = jnp.take_along_axis(probs, jnp.clip(ids, 0)[..., None], -1)[..., 0]
-      # Committed & confident: 2 (> any probability, always kept); committed & unsure: its
-      # probability (may be re-masked); masked: the candidate's probability.
-      score = jnp.where(committed, jnp.where(cur_conf < self.remask_threshold, cur_conf, 2.0),
-                        cand_conf)
-      rank = jnp.argsort(jnp.argsort(-score, axis=1), axis=1)
-      new_committed = rank < n_keep
-      ids = jnp.where(committed, ids, cand)
+      ids, new_committed = commit_round(ids, committed, jax.nn.softmax(logits, axis=-1), cand,
+                                        n_keep, self.remask_threshold)
       return (ids, new_committed), None
 
     init = (jnp.zeros((b, n), jnp.int32), jnp.zeros((b, n), bool))

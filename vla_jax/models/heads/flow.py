@@ -129,7 +129,7 @@ class FlowHead:
     """Params of backbone, expert and projections (uses the uncached joint pass to create all)."""
     b = batch["obs_mask"].shape[0]
     x = jnp.zeros((b, 1, self.module.horizon, self.module.action_dim), jnp.float32)
-    return self.module.init(rng, batch, x, jnp.ones((b, 1)),
+    return self.module.init(common.init_key(rng), batch, x, jnp.ones((b, 1)),
                             method=FlowModule.velocity_uncached)["params"]
 
   def loss(self, params, batch, rng):
