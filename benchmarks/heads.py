@@ -1,6 +1,6 @@
 """Action heads on the tiny backbone: train-step time, level-2 minibatching, inference latency.
 
-  PYTHONPATH=. python benchmarks/heads.py
+  PYTHONPATH=. python benchmarks/heads.py [--config=configs/policy_heads.py:backbone=tiny]
 
 Backbone ``tiny`` (ViT 4 x 128 over one 64x64 camera frame = 64 tokens, Gemma 4 x 128; the flow
 expert 64 wide), 16 text tokens, proprio S = 8, chunks H = 10 x D = 7. Every timing is the median
@@ -32,9 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
+from ml_collections import config_flags
 
 from vla_jax.models import policy as policy_lib
 
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/policy_heads.py",
+                                          "Policy config (sizes of every head).")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Training batch size.")
 _REPS = flags.DEFINE_integer("reps", 5, "Timed calls per measurement (median).")
 H, D, S, L, TEXT_VOCAB, IMAGE = 10, 7, 8, 16, 384, 64
@@ -65,7 +68,8 @@ def _seconds(fn, *args) -> float:
 
 
 def _policy(head: str, **section):
-  config = policy_lib.default_policy_config(head, backbone="tiny")
+  config = _CONFIG.value.copy_and_resolve_references()
+  config.head = head
   config[head].update(section)
   return policy_lib.make_policy(config, action_dim=D, action_horizon=H, state_dim=S,
                                 text_vocab_size=TEXT_VOCAB)
