@@ -74,10 +74,10 @@ def _hit_sphere(o, d, size):
   return jnp.where((disc > 0) & (t > _EPS), t, _FAR)
 
 
-def _hit_box(o, d, size):
+def _hit_box(o, d, size, inv_d=None):
   tmin, tmax = -_FAR, _FAR
   for k in range(3):
-    inv = 1.0 / _safe(d[k])
+    inv = 1.0 / _safe(d[k]) if inv_d is None else inv_d[k]
     t1 = (-size[k] - o[k]) * inv
     t2 = (size[k] - o[k]) * inv
     tmin = jnp.maximum(tmin, jnp.minimum(t1, t2))
@@ -137,7 +137,8 @@ def _normal_local(p, gtype, size):
 
 def render(geom_type: np.ndarray, geom_size: np.ndarray, geom_pos: jax.Array,
            geom_mat: jax.Array, geom_rgb: jax.Array, cam_pos: jax.Array, cam_mat: jax.Array,
-           light_dir: jax.Array, spec: CameraSpec = CameraSpec()) -> jax.Array:
+           light_dir: jax.Array, spec: CameraSpec = CameraSpec(),
+           axis_aligned: bool = False) -> jax.Array:
   """Renders one RGB image.
 
   Args:
@@ -149,6 +150,9 @@ def render(geom_type: np.ndarray, geom_size: np.ndarray, geom_pos: jax.Array,
     cam_pos: float32 [3] camera position (m); cam_mat: float32 [3, 3] camera frame.
     light_dir: float32 [3] direction the light travels (need not be unit).
     spec: static image settings.
+    axis_aligned: static promise that every geom frame is the world frame (``geom_mat`` is
+      ignored): skips the per-geom rotations and shares one ray-direction reciprocal among all
+      boxes, about halving the cost. True for the tabletop scene (objects only translate).
 
   Returns:
     uint8 [H, W, 3] image.
@@ -160,34 +164,58 @@ def render(geom_type: np.ndarray, geom_size: np.ndarray, geom_pos: jax.Array,
     raise ValueError(f"camera.render: unsupported geom types {sorted(bad)} "
                      f"(supported: plane={PLANE}, sphere={SPHERE}, cylinder={CYLINDER}, box={BOX})")
   dirs = jnp.asarray(pixel_dirs(spec)) @ cam_mat.T          # [P, 3] world
+  shade_fn = lambda d: _shade_pixels(d, geom_type, geom_size, geom_pos, geom_mat, geom_rgb,
+                                     cam_pos, light_dir, spec, axis_aligned)
+  rgb = shade_fn(dirs)
+  img = jnp.clip(rgb * 255.0 + 0.5, 0, 255).astype(jnp.uint8)
+  return img.reshape(spec.height, spec.width, 3)
+
+
+def _shade_pixels(dirs, geom_type, geom_size, geom_pos, geom_mat, geom_rgb, cam_pos, light_dir,
+                  spec, axis_aligned):
+  """World ray directions [P, 3] -> linear RGB [P, 3] (see :func:`render`)."""
   # Static loop over the handful of geoms with a running nearest hit: every op is elementwise
   # over pixels, so XLA fuses the whole loop (much faster than [P, G] intermediates).
   dx, dy, dz = dirs[:, 0], dirs[:, 1], dirs[:, 2]
   t = jnp.full(dirs.shape[:1], _FAR)
   g = jnp.zeros(dirs.shape[:1], jnp.int32)
+  inv_d = [1.0 / _safe(c) for c in (dx, dy, dz)] if axis_aligned else None
   for i, gt in enumerate(geom_type.tolist()):
-    rot = geom_mat[i]
     rel = cam_pos - geom_pos[i]
-    o = [rel[0] * rot[0, k] + rel[1] * rot[1, k] + rel[2] * rot[2, k] for k in range(3)]
-    d = [dx * rot[0, k] + dy * rot[1, k] + dz * rot[2, k] for k in range(3)]   # R^T d
-    t_i = _HIT[gt](o, d, [float(s) for s in geom_size[i]])
+    size = [float(s) for s in geom_size[i]]
+    if axis_aligned:
+      o, d = [rel[0], rel[1], rel[2]], [dx, dy, dz]
+    else:
+      rot = geom_mat[i]
+      o = [rel[0] * rot[0, k] + rel[1] * rot[1, k] + rel[2] * rot[2, k] for k in range(3)]
+      d = [dx * rot[0, k] + dy * rot[1, k] + dz * rot[2, k] for k in range(3)]   # R^T d
+    if gt == BOX:
+      t_i = _hit_box(o, d, size, inv_d)
+    else:
+      t_i = _HIT[gt](o, d, size)
     closer = t_i < t
     t = jnp.where(closer, t_i, t)
     g = jnp.where(closer, i, g)
   hit = t < _FAR / 2
   t = jnp.where(hit, t, 0.0)
-  # Per-pixel geom parameters with one gather: pos 3, rot 9, size 3, type 1, rgb 3.
-  table = jnp.concatenate([geom_pos, geom_mat.reshape(-1, 9), jnp.asarray(geom_size),
-                           jnp.asarray(geom_type, jnp.float32)[:, None], geom_rgb], -1)
-  q = table[g]                                               # [P, 19]
+  # Per-pixel geom parameters with one gather: pos 3, size 3, type 1, rgb 3 (, rot 9).
+  parts = [geom_pos, jnp.asarray(geom_size), jnp.asarray(geom_type, jnp.float32)[:, None],
+           geom_rgb]
+  if not axis_aligned:
+    parts.append(geom_mat.reshape(-1, 9))
+  q = jnp.concatenate(parts, -1)[g]                          # [P, 10 (+9)]
   rel = [cam_pos[k] + t * dk - q[:, k] for k, dk in enumerate((dx, dy, dz))]
-  rot = lambda i, j: q[:, 3 + 3 * i + j]
-  p_local = [rel[0] * rot(0, k) + rel[1] * rot(1, k) + rel[2] * rot(2, k) for k in range(3)]
-  n_l = _normal_local(p_local, q[:, 15], [q[:, 12], q[:, 13], q[:, 14]])
-  n = [rot(k, 0) * n_l[0] + rot(k, 1) * n_l[1] + rot(k, 2) * n_l[2] for k in range(3)]
+  rot = lambda i, j: q[:, 10 + 3 * i + j]
+  if axis_aligned:
+    p_local = rel
+  else:
+    p_local = [rel[0] * rot(0, k) + rel[1] * rot(1, k) + rel[2] * rot(2, k) for k in range(3)]
+  n_l = _normal_local(p_local, q[:, 6], [q[:, 3], q[:, 4], q[:, 5]])
+  if axis_aligned:
+    n = n_l
+  else:
+    n = [rot(k, 0) * n_l[0] + rot(k, 1) * n_l[1] + rot(k, 2) * n_l[2] for k in range(3)]
   to_light = -light_dir / jnp.linalg.norm(light_dir)
   shade = spec.ambient + spec.diffuse * jnp.maximum(
       n[0] * to_light[0] + n[1] * to_light[1] + n[2] * to_light[2], 0.0)
-  rgb = jnp.where(hit[:, None], q[:, 16:19] * shade[:, None], jnp.asarray(spec.background))
-  img = jnp.clip(rgb * 255.0 + 0.5, 0, 255).astype(jnp.uint8)
-  return img.reshape(spec.height, spec.width, 3)
+  return jnp.where(hit[:, None], q[:, 7:10] * shade[:, None], jnp.asarray(spec.background))

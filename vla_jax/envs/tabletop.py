@@ -202,7 +202,8 @@ class TabletopEnv:
         mat = data.cam_xmat[self._cam_ids[cam]].reshape(3, 3)
       img = camera.render(m.geom_type, m.geom_size, data.geom_xpos,
                           data.geom_xmat.reshape(-1, 3, 3),
-                          info["geom_rgb"] * info["light_gain"], pos, mat, light, self.cam_spec)
+                          info["geom_rgb"] * info["light_gain"], pos, mat, light, self.cam_spec,
+                          axis_aligned=True)   # objects only translate; mocaps keep identity
       out[f"image/{cam}"] = img
     return out
 
