@@ -1,8 +1,8 @@
 """Jitted batched rollouts: ``lax.scan`` over time of vmapped env steps.
 
 Used for expert demonstrations, videos and closed-loop evaluation of a policy. A policy is a
-function ``policy_fn(obs, rng, *policy_args) -> actions`` float32 [N, D], where ``obs`` is the batched env
-observation (``image/<camera>`` uint8 [N, H, W, 3], ``state`` float32 [N, S]) plus
+function ``policy_fn(obs, rng, *policy_args) -> actions`` float32 [N, D], where ``obs`` is the
+batched env observation (``image/<camera>`` uint8 [N, H, W, 3], ``state`` float32 [N, S]) plus
 ``instruction_id`` / ``task_id`` / ``step`` int32 [N], so that a policy can look up the
 instruction text (``env.instructions``) it conditions on.
 """
@@ -67,7 +67,8 @@ def make_rollout(env: TabletopEnv, policy_fn: Callable[..., jax.Array], num_envs
   else:
     task_ids = jnp.asarray(task_ids, jnp.int32)
     if task_ids.shape != (num_envs,):
-      raise ValueError(f"make_rollout: task_ids must have shape ({num_envs},), got {task_ids.shape}")
+      raise ValueError(f"make_rollout: task_ids must have shape ({num_envs},), "
+                       f"got {task_ids.shape}")
     v_reset = lambda keys: jax.vmap(env.reset_task)(keys, task_ids)
 
   def one_step(carry, rng):

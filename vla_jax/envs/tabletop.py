@@ -269,7 +269,8 @@ class TabletopEnv:
     rgb = jnp.asarray(self._base_rgb)
     rgb = rgb.at[jnp.asarray(self.index.obj_geoms)[slots]].set(
         jnp.asarray(self._obj_palette)[colors])
-    rgb = rgb.at[jnp.asarray(self.index.zone_geoms)].set(jnp.asarray(self._zone_palette)[zone_colors])
+    rgb = rgb.at[jnp.asarray(self.index.zone_geoms)].set(
+        jnp.asarray(self._zone_palette)[zone_colors])
     if cfg.randomize_colors:
       rgb = jnp.clip(rgb + jax.random.uniform(k11[2], rgb.shape, minval=-cfg.color_jitter,
                                               maxval=cfg.color_jitter), 0.0, 1.0)
