@@ -6,7 +6,7 @@ success per task):
 
   python experiments/render_rollouts.py --config=configs/env_tabletop.py --outdir=/tmp/rollouts
   python experiments/render_rollouts.py \
-      --config=configs/env_tabletop.py:tasks=push,episodes=2,image_size=96,noise=0.1 \
+      --config=configs/env_tabletop.py:tasks=push+lift,episodes=2,cameras=base+wrist,noise=0.1 \
       --config.env.randomize_colors=True --outdir=/tmp/rollouts
 
 Expected: every task's expert succeeds on all episodes (>= 95% over many); about a minute on a

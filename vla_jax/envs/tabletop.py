@@ -23,6 +23,7 @@ at the horizon (``horizon`` control steps), on an error, and on success only if
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -48,17 +49,22 @@ GRID_Y = (-0.1, 0.0, 0.1)
 GRID_JITTER = 0.01
 
 
+def _split_list(text: str) -> list[str]:
+  """"a,b" or "a+b" (the "+" form fits inside a ``file.py:key=value,...`` config arg)."""
+  return [t.strip() for t in re.split(r"[,+]", str(text)) if t.strip()]
+
+
 def default_env_config() -> ml_collections.ConfigDict:
   """The env config (embed it in other configs as ``config.env``)."""
   return ml_collections.ConfigDict({
-      "tasks": "reach,push,pick_place,lift",   # comma list: reset samples uniformly among these
+      "tasks": "reach,push,pick_place,lift",   # ","/"+" list: reset samples uniformly among them
       "num_objects": 3,            # objects per episode (target + distractors), 2..4
       "horizon": 50,               # control steps per episode (5 s at 10 Hz)
       "control_hz": 10.0,          # control rate (Hz)
       "physics_dt": 0.02,          # s per physics substep (control period / substeps)
       "max_speed": 0.3,            # m/s end-effector speed at |action| = 1
       "image_size": 64,            # rendered height = width (px)
-      "cameras": "base",           # comma list: base, wrist ("" = no images, state-only obs)
+      "cameras": "base",           # ","/"+" list: base, wrist ("" = no images, state-only obs)
       "fovy": 40.0,                # deg, base camera vertical field of view
       "done_on_success": False,
       "randomize_colors": False,   # domain randomization: jitter every colour by +-color_jitter
@@ -102,7 +108,7 @@ class TabletopEnv:
   def __init__(self, config: ml_collections.ConfigDict):
     """Builds the MJX model and the static tables; raises ValueError naming a bad config key."""
     self.config = config
-    names = [t.strip() for t in str(config.tasks).split(",") if t.strip()]
+    names = _split_list(config.tasks)
     unknown = [t for t in names if t not in tasks.TASK_NAMES]
     if unknown or not names:
       raise ValueError(f"env config 'tasks': unknown task(s) {unknown} in '{config.tasks}'; "
@@ -116,7 +122,7 @@ class TabletopEnv:
       raise ValueError(f"env config: 1 / (control_hz * physics_dt) must be a positive integer, "
                        f"got control_hz={config.control_hz}, physics_dt={config.physics_dt}")
     self.substeps = round(substeps)
-    self.camera_names = [c.strip() for c in str(config.cameras).split(",") if c.strip()]
+    self.camera_names = _split_list(config.cameras)
     bad = [c for c in self.camera_names if c not in ("base", "wrist")]
     if bad:
       raise ValueError(f"env config 'cameras': got '{config.cameras}'; allowed: base, wrist "
