@@ -43,9 +43,17 @@ def get_config(arg=None):
   c.collect = collect.default_collect_config()
 
   c.data = data_config_lib.default_data_config()  # datasets.tabletop_demos.path set at run time
+  # The camera is fixed: random crops would move objects in the image relative to the proprio
+  # state, which the policy must relate them to. Colour jitter stays.
+  c.data.augment.random_resized_crop = False
 
   c.policy = policy_lib.default_policy_config(
       head="ar" if a.head == "ar_fast" else a.head, backbone="tiny")
+  # A conv stem learns faster from scratch than a linear patch embedding (Xiao et al. 2021).
+  c.policy.backbone.vit.stem = "conv"
+  # Level-2 minibatching: 4 noised samples per conditioning, the prefix paid once.
+  c.policy.flow.num_noise_samples = 4
+  c.policy.diffusion.num_noise_samples = 4
   if a.head == "ar_fast":
     c.policy.ar.tokenizer = "fast"
   c.text_vocab_size = 384  # text tokenizer fitted on the instruction corpus (byte BPE >= 259)

@@ -88,3 +88,23 @@ def test_bad_images_are_named(base):
     apply(params, jnp.zeros((2, 32, 32, 3), jnp.uint8))
   with pytest.raises(ValueError, match="not a multiple of patch_size"):
     vit.ViTConfig(width=32, depth=1, mlp_dim=8, num_heads=4, patch_size=7, image_size=32)
+
+
+def test_conv_stem_tokens_follow_the_image():
+  """The conv stem gives the patch grid's tokens through stride-2 convs; bad stems are named."""
+  cfg = vit.ViTConfig(width=32, depth=1, mlp_dim=16, num_heads=4, patch_size=8, image_size=32,
+                      stem="conv")
+  model = vit.ViT(cfg)
+  images = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3), minval=-1, maxval=1)
+  params = model.init(jax.random.key(1), images)
+  assert [k for k in params["params"] if k.startswith("stem_conv")] == ["stem_conv0",
+                                                                       "stem_conv1",
+                                                                       "stem_conv2"]
+  assert params["params"]["stem_conv2"]["kernel"].shape == (3, 3, 16, 16)  # >= 16 channels
+  out, aux = jax.jit(model.apply)(params, images)
+  assert out.shape == aux["encoded"].shape == (1, 16, 32)
+  with pytest.raises(ValueError, match="stem='conv' needs a power-of-two patch_size"):
+    vit.ViTConfig(width=32, depth=1, mlp_dim=8, num_heads=4, patch_size=6, image_size=36,
+                  stem="conv")
+  with pytest.raises(ValueError, match="stem='lin'"):
+    vit.ViTConfig(width=32, depth=1, mlp_dim=8, num_heads=4, stem="lin")

@@ -49,6 +49,10 @@ class ViTConfig:
   Attributes:
     width, depth, mlp_dim, num_heads: transformer shape.
     patch_size: square patch side in pixels.
+    stem: "patch" (one linear patch embedding, SigLIP) or "conv" (a stack of stride-2 3x3
+      convolutions down to the patch grid, then a 1x1 projection: the "early convolutions" stem
+      of Xiao et al. 2021, which trains faster from scratch; for small CPU models only, as
+      pretrained SigLIP weights use "patch").
     image_size: square input side in pixels (inputs must match exactly).
     posemb: "learn" (a [1, N, W] parameter) or "sincos2d" (fixed).
     pool_type: "none" (all N tokens), "map" (attention pooling, one token) or "gap" (mean).
@@ -63,6 +67,7 @@ class ViTConfig:
   mlp_dim: int
   num_heads: int
   patch_size: int = 14
+  stem: str = "patch"
   image_size: int = 224
   posemb: str = "learn"
   pool_type: str = "none"
@@ -76,6 +81,11 @@ class ViTConfig:
     if self.image_size % self.patch_size:
       raise ValueError(f"ViTConfig: image_size={self.image_size} not a multiple of "
                        f"patch_size={self.patch_size}")
+    if self.stem not in ("patch", "conv"):
+      raise ValueError(f"ViTConfig: stem='{self.stem}' not in ('patch', 'conv')")
+    if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
+      raise ValueError(f"ViTConfig: stem='conv' needs a power-of-two patch_size, got "
+                       f"{self.patch_size}")
     if self.posemb not in ("learn", "sincos2d"):
       raise ValueError(f"ViTConfig: posemb='{self.posemb}' not in ('learn', 'sincos2d')")
     if self.pool_type not in ("none", "map", "gap"):
@@ -229,8 +239,19 @@ class ViT(nn.Module):
       raise ValueError(f"ViT: images dtype {images.dtype}; expected float in [-1, 1] "
                        "(convert uint8 with vlm.preprocess_images)")
     p = c.patch_size
-    x = nn.Conv(c.width, (p, p), strides=(p, p), padding="VALID", dtype=dtype,
-                name="embedding")(images.astype(dtype))
+    x = images.astype(dtype)
+    if c.stem == "conv":
+      # Channels double per stride-2 conv and reach width / 2 at the patch grid.
+      n = p.bit_length() - 1
+      for i in range(n):
+        x = nn.Conv(max(c.width // 2 ** (n - i), 16), (3, 3), strides=(2, 2), padding="SAME",
+                    dtype=dtype, name=f"stem_conv{i}")(x)
+        x = nn.GroupNorm(num_groups=8, dtype=dtype, name=f"stem_norm{i}")(x)
+        x = nn.relu(x)
+      x = nn.Conv(c.width, (1, 1), dtype=dtype, name="embedding")(x)
+    else:
+      x = nn.Conv(c.width, (p, p), strides=(p, p), padding="VALID", dtype=dtype,
+                  name="embedding")(x)
     b, gh, gw, _ = x.shape
     x = x.reshape(b, gh * gw, c.width)
     if c.posemb == "learn":
