@@ -1,5 +1,10 @@
 """The MJX tabletop env: jit/vmap shapes, determinism, batched == single, clipping, NaN actions,
-auto-reset bookkeeping, task sampling and instructions."""
+auto-reset bookkeeping, task sampling and instructions.
+
+The checks share compiled functions (compiling the MJX step dominates the cost), and pytest-xdist
+would compile module fixtures again in every worker that runs one of the tests, so they run as
+helpers of one test function.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -13,23 +18,20 @@ N = 4
 HORIZON = 3
 
 
-@pytest.fixture(scope="module")
-def env():
+def _env():
   cfg = default_env_config()
   cfg.image_size = 32
   cfg.horizon = HORIZON
   return make_env(cfg)
 
 
-@pytest.fixture(scope="module")
-def fns(env):
+def _fns(env):
   batched = BatchedEnv(env, N)
   return {"batched": batched, "b_reset": jax.jit(batched.reset), "b_step": jax.jit(batched.step),
           "reset": jax.jit(env.reset), "step": jax.jit(env.step)}
 
 
-@pytest.fixture(scope="module")
-def rollout3(fns):
+def _rollout3(fns):
   """Batched reset + HORIZON steps with fixed actions (the last step auto-resets)."""
   actions = jnp.array([[1.0, 0.5, -1.0, -1.0], [-1.0, 0.0, -0.5, 1.0], [0.0, -1.0, 0.0, 0.0],
                        [0.3, 0.3, 1.0, -1.0]])
@@ -47,7 +49,7 @@ def _assert_tree_equal(a, b, exact=True):
       np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
 
 
-def test_jit_vmap_shapes_and_dtypes(env, rollout3):
+def _check_jit_vmap_shapes_and_dtypes(env, rollout3):
   _, states = rollout3
   s = states[1]
   assert s.obs["image/base"].shape == (N, 32, 32, 3) and s.obs["image/base"].dtype == jnp.uint8
@@ -61,7 +63,7 @@ def test_jit_vmap_shapes_and_dtypes(env, rollout3):
   assert np.all(np.asarray(s.info["step"]) == 1)
 
 
-def test_determinism_for_a_fixed_rng(fns, rollout3):
+def _check_determinism_for_a_fixed_rng(fns, rollout3):
   actions, states = rollout3
   again = fns["b_step"](fns["b_reset"](jax.random.PRNGKey(7)), actions)
   _assert_tree_equal(again, states[1])
@@ -70,7 +72,7 @@ def test_determinism_for_a_fixed_rng(fns, rollout3):
                             np.asarray(states[0].obs["image/base"]))
 
 
-def test_batched_equals_single_env(fns, rollout3):
+def _check_batched_equals_single_env(fns, rollout3):
   actions, states = rollout3
   keys = jax.vmap(jax.random.split)(jax.random.split(jax.random.PRNGKey(7), N))[:, 0]
   for i in range(N):
@@ -86,7 +88,7 @@ def test_batched_equals_single_env(fns, rollout3):
     assert bool(single.success) == bool(row.success)
 
 
-def test_actions_outside_limits_are_clipped(fns, rollout3):
+def _check_actions_outside_limits_are_clipped(fns, rollout3):
   _, states = rollout3
   same = jax.tree.map(lambda x: jnp.stack([x[0]] * N), states[0])   # four copies of env 0
   wild = jnp.array([[3.0, -7.0, 0.5, 9.0], [1.0, -1.0, 0.5, 1.0], [0.0, 0.0, 0.0, 0.0],
@@ -98,7 +100,7 @@ def test_actions_outside_limits_are_clipped(fns, rollout3):
   np.testing.assert_allclose(moved, [0.03, -0.03, 0.015], atol=1e-5)  # max_speed 0.3 m/s, 10 Hz
 
 
-def test_nan_action_ends_episode_with_error_and_does_not_poison(env, fns, rollout3):
+def _check_nan_action_ends_episode_with_error_and_does_not_poison(env, fns, rollout3):
   _, states = rollout3
   single = fns["reset"](jax.random.PRNGKey(3))
   out = fns["step"](single, jnp.array([jnp.nan, 0.0, 0.0, 0.0]))
@@ -115,7 +117,7 @@ def test_nan_action_ends_episode_with_error_and_does_not_poison(env, fns, rollou
   assert np.all(np.isfinite(np.asarray(b.data.qpos)))
 
 
-def test_auto_reset_and_episode_bookkeeping(fns, rollout3):
+def _check_auto_reset_and_episode_bookkeeping(fns, rollout3):
   _, states = rollout3
   last, prev = states[-1], states[-2]
   assert np.all(np.asarray(last.done)) and not np.any(np.asarray(prev.done))
@@ -131,18 +133,17 @@ def test_auto_reset_and_episode_bookkeeping(fns, rollout3):
   np.testing.assert_array_equal(fresh.obs["image/base"], last.obs["image/base"][1])
 
 
-@pytest.fixture(scope="module")
-def many_resets(env, fns):
-  """200 episodes from the already compiled single-env reset (stacked)."""
-  keys = jax.random.split(jax.random.PRNGKey(0), 200)
+def _many_resets(env, fns):
+  """120 episodes from the already compiled single-env reset (stacked)."""
+  keys = jax.random.split(jax.random.PRNGKey(0), 120)
   states = [fns["reset"](k) for k in keys]
   return env, jax.tree.map(lambda *x: jnp.stack(x), *states)
 
 
-def test_reset_is_uniform_over_tasks_and_instruction_names_the_target(many_resets):
+def _check_reset_is_uniform_over_tasks_and_instruction_names_the_target(many_resets):
   env, s = many_resets
   counts = np.bincount(np.asarray(s.info["task_id"]), minlength=4)
-  assert np.all(counts > 25), counts   # 50 expected each; 25 is > 4 sigma below
+  assert np.all(counts > 12), counts   # 30 expected each; 12 is > 3.5 sigma below
   names = list(tasks.OBJECT_COLORS)
   palette = np.array(list(tasks.OBJECT_COLORS.values()))
   verbs = {"reach": ("touch", "reach", "move the gripper"), "push": ("push", "slide"),
@@ -165,6 +166,19 @@ def test_reset_is_uniform_over_tasks_and_instruction_names_the_target(many_reset
     d = np.linalg.norm(p[:, None] - p[None], axis=-1) + np.eye(len(p))
     assert d.min() > 2 * scene.OBJ_HALF
     assert np.linalg.norm(p[:, None] - zones[i][None], axis=-1).min() > tasks.ZONE_TOL + 0.02
+
+
+def test_env_api():
+  env = _env()
+  fns = _fns(env)
+  rollout3 = _rollout3(fns)
+  _check_jit_vmap_shapes_and_dtypes(env, rollout3)
+  _check_determinism_for_a_fixed_rng(fns, rollout3)
+  _check_batched_equals_single_env(fns, rollout3)
+  _check_actions_outside_limits_are_clipped(fns, rollout3)
+  _check_nan_action_ends_episode_with_error_and_does_not_poison(env, fns, rollout3)
+  _check_auto_reset_and_episode_bookkeeping(fns, rollout3)
+  _check_reset_is_uniform_over_tasks_and_instruction_names_the_target(_many_resets(env, fns))
 
 
 def test_task_subset_and_config_errors():

@@ -4,22 +4,19 @@ dense reward; action noise diversifies demonstrations."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from vla_jax.envs import default_env_config, experts, make_env, rollout
 
 PER_TASK = 64
 
 
-@pytest.fixture(scope="module")
-def env():
+def _env():
   cfg = default_env_config()
   cfg.cameras = ""   # the experts read privileged state; images are not needed here
   return make_env(cfg)
 
 
-@pytest.fixture(scope="module")
-def expert_rollout(env):
+def _expert_rollout(env):
   task_ids = np.repeat(np.arange(len(env.task_names)), PER_TASK)
   run = rollout.make_rollout(env, rollout.expert_policy(env), len(task_ids), record_obs=False,
                              privileged=True, task_ids=task_ids)
@@ -27,8 +24,16 @@ def expert_rollout(env):
   return jax.device_get(final), jax.device_get(traj)
 
 
-def test_each_expert_succeeds_on_at_least_95_percent(env, expert_rollout):
-  final, traj = expert_rollout
+def test_experts():
+  """One test (one compilation per pytest-xdist worker) with three checks."""
+  env = _env()
+  final, traj = _expert_rollout(env)
+  _check_success_rates(env, final, traj)
+  _check_latched_success_horizon_done_dense_reward(env, traj)
+  _check_action_noise(env, jax.tree.map(lambda x: x[0], final))
+
+
+def _check_success_rates(env, final, traj):
   rates = {}
   for k, name in enumerate(env.task_names):
     sel = np.asarray(traj["task_id"]) == k
@@ -38,8 +43,7 @@ def test_each_expert_succeeds_on_at_least_95_percent(env, expert_rollout):
   assert not np.any(traj["error"])
 
 
-def test_success_is_latched_done_at_horizon_and_reward_is_dense(env, expert_rollout):
-  _, traj = expert_rollout
+def _check_latched_success_horizon_done_dense_reward(env, traj):
   succ = np.asarray(traj["success"])                       # [T, N]
   assert np.all(succ[1:] >= succ[:-1])                      # once true, stays true
   done = np.asarray(traj["done"])
@@ -52,8 +56,7 @@ def test_success_is_latched_done_at_horizon_and_reward_is_dense(env, expert_roll
   assert np.all(rew[succ] >= 1.0)
 
 
-def test_action_noise_diversifies_actions(env):
-  state = jax.jit(env.reset)(jax.random.PRNGKey(5))
+def _check_action_noise(env, state):
   act = jax.jit(lambda s, k, n: experts.expert_action(env, s, k, n))
   clean = act(state, jax.random.PRNGKey(0), 0.0)
   a, b = act(state, jax.random.PRNGKey(1), 0.2), act(state, jax.random.PRNGKey(2), 0.2)
