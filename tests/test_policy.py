@@ -154,3 +154,17 @@ def test_padded_history_frames_are_ignored(batch):
   np.testing.assert_allclose(loss(changed), loss(hist), rtol=1e-6)
   visible = dict(changed, obs_mask=np.ones_like(hist["obs_mask"]))
   assert abs(float(loss(visible)) - float(loss(hist))) > 1e-4  # The frames do matter if valid.
+
+
+@pytest.mark.parametrize("head", policy_lib.HEADS)
+def test_scanned_backbone_traces(head, batch):
+  """Big configs stack layers with nn.scan (params [depth, ...]); every head traces with it."""
+  c = micro(head)
+  c.backbone.scan = True
+  pol = policy_lib.make_policy(c, action_dim=D, action_horizon=H, state_dim=S, text_vocab_size=8)
+  shapes = jax.eval_shape(pol.init, jax.random.key(0), batch)
+  assert shapes["backbone"]["vlm"]["llm"]["layers"]["attn"]["q_einsum"]["w"].shape[0] == 2
+  jax.eval_shape(pol.loss, shapes, batch, jax.random.key(1))
+  obs = {k: v for k, v in batch.items() if not k.startswith("action")}
+  out = jax.eval_shape(pol.sample, shapes, obs, jax.random.key(2))
+  assert out["actions"].shape == (len(batch["actions"]), H, D)
