@@ -97,9 +97,9 @@ def scene_xml(spec: SceneSpec = SceneSpec()) -> str:
   </asset>
   <worldbody>
     <light name="sun" directional="true" pos="0 0 1" dir="0.3 0.5 -1"/>
-    <!-- Looks at the table centre from 0.58 m away, 59 deg below the horizon; with fovy 40 it
-         sees the table from y = -0.2 to 0.32 m. -->
-    <camera name="base" pos="0 -0.3 0.5" xyaxes="1 0 0 0 0.8575 0.5145" fovy="40"/>
+    <!-- Looks at (0, 0.05, 0) from 0.61 m away, 55 deg below the horizon; with fovy 40 it sees
+         the table from y = -0.17 to 0.41 m, and the gripper up to z = 0.19 m over the far row. -->
+    <camera name="base" pos="0 -0.3 0.5" xyaxes="1 0 0 0 0.8192 0.5735" fovy="40"/>
     <geom name="table" type="plane" size="{TABLE_HALF} {TABLE_HALF} 0.01" material="table"
           contype="0" conaffinity="0"/>
     {zones}
