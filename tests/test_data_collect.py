@@ -78,11 +78,20 @@ def built(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("demos"))
   env = _PointEnv()
   path = collect.build_demo_dataset(_config(), data_dir, env=env, expert_fn=_expert)
-  return env, path
+  return env, path, data_dir
+
+
+def test_cached_dataset_is_reused_only_for_the_same_config(built):
+  env, path, data_dir = built
+  assert collect.build_demo_dataset(_config(), data_dir, env=env, expert_fn=_expert) == path
+  changed = _config()
+  changed.noise_scale = 0.3
+  with pytest.raises(ValueError, match=r"noise_scale: cached 0.0 != config 0.3"):
+    collect.build_demo_dataset(changed, data_dir, env=env, expert_fn=_expert)
 
 
 def test_builder_writes_rlds_that_reads_back_equal(built):
-  env, path = built
+  env, path, _ = built
   builder = rlds.open_builder(path)
   assert builder.info.splits["train"].num_examples == 10
   assert builder.info.splits["validation"].num_examples == 3
@@ -119,7 +128,7 @@ def test_builder_writes_rlds_that_reads_back_equal(built):
 
 
 def test_demos_read_through_the_standard_reader(built):
-  _, path = built
+  _, path, _ = built
   ds = rlds.read_trajectories(path, std_lib.get_spec("tabletop_demos"), ("base",),
                               split="validation")
   trajs = list(rlds.iterate_numpy(ds, "demos"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -210,6 +211,7 @@ def build_demo_dataset(collect_config, data_dir: str, *, overwrite: bool = False
                            expert_fn=expert_fn)
   path = os.fspath(builder.data_path)
   if builder.is_prepared() and not overwrite:
+    _check_same_collect_config(path, collect_config)
     print(f"{DATASET_NAME}: already built at {path}")
     return path
   if overwrite and os.path.exists(path):
@@ -222,3 +224,33 @@ def build_demo_dataset(collect_config, data_dir: str, *, overwrite: bool = False
   print(f"{DATASET_NAME}: built at {path} in {time.time() - t0:.1f} s; "
         f"episodes: { {s: v.num_examples for s, v in builder.info.splits.items()} }")
   return path
+
+
+def _check_same_collect_config(path: str, collect_config) -> None:
+  """Raises ValueError when a cached dataset was collected with another config (names the keys).
+
+  A cache hit must mean "the same demonstrations": a changed env (horizon, image size, tasks...)
+  or collection setting silently reusing old episodes would train on the wrong data.
+  """
+  from vla_jax.data import rlds  # pylint: disable=g-import-not-at-top
+  meta = rlds.open_builder(path).info.metadata or {}
+  saved = meta.get("collect_config")
+  if saved is None:
+    return  # Built by an older builder without the record; nothing to compare.
+  want, have = _flatten(json.loads(json.dumps(collect_config.to_dict()))), _flatten(dict(saved))
+  diffs = [f"{k}: cached {have.get(k)!r} != config {want.get(k)!r}"
+           for k in sorted(set(want) | set(have)) if have.get(k) != want.get(k)]
+  if diffs:
+    raise ValueError(f"{DATASET_NAME} at {path} was collected with a different config ("
+                     + "; ".join(diffs) + "). Use another data dir, or rebuild with overwrite.")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  """``{"a": {"b": 1}} -> {"a.b": 1}``."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
