@@ -32,7 +32,7 @@ HEAD_CHOICES = ("flow", "diffusion", "ar", "ar_fast", "discrete_diffusion")
 
 
 def get_config(arg=None):
-  a = config_args.parse_arg(arg, head="flow", steps=2000, batch_size=64, eval_episodes=100,
+  a = config_args.parse_arg(arg, head="flow", steps=3000, batch_size=64, eval_episodes=100,
                             eval_every=1000, data_root="workdirs/data")
   if a.head not in HEAD_CHOICES:
     raise ValueError(f"configs/vla_tiny.py: head='{a.head}' not in {HEAD_CHOICES}")
@@ -49,11 +49,18 @@ def get_config(arg=None):
 
   c.policy = policy_lib.default_policy_config(
       head="ar" if a.head == "ar_fast" else a.head, backbone="tiny")
-  # A conv stem learns faster from scratch than a linear patch embedding (Xiao et al. 2021).
+  # A conv stem learns faster from scratch than a linear patch embedding (Xiao et al. 2021);
+  # four stride-2 convs give a 4x4 grid of 16-px tokens, which leaves compute for a deeper LM
+  # (the action expert reads the prefix through every LM layer).
   c.policy.backbone.vit.stem = "conv"
+  c.policy.backbone.vit.patch_size = 16
+  c.policy.backbone.llm.depth = 4
   # Level-2 minibatching: 4 noised samples per conditioning, the prefix paid once.
   c.policy.flow.num_noise_samples = 4
   c.policy.diffusion.num_noise_samples = 4
+  if a.head in ("ar", "ar_fast", "discrete_diffusion"):
+    # Token heads bin [-1, 1]: quantile normalization maps q01/q99 there (openpi does the same).
+    c.data.norm_mode = "quantile"
   if a.head == "ar_fast":
     c.policy.ar.tokenizer = "fast"
   c.text_vocab_size = 384  # text tokenizer fitted on the instruction corpus (byte BPE >= 259)

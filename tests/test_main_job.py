@@ -26,6 +26,8 @@ def test_head_flag_switches_the_head(head):
   assert c.train.num_steps == 10
   if head == "ar_fast":
     assert c.policy.ar.tokenizer == "fast"
+  token_head = head in ("ar", "ar_fast", "discrete_diffusion")
+  assert c.data.norm_mode == ("quantile" if token_head else "zscore")
 
 
 def test_unknown_arg_key_lists_close_matches():
