@@ -38,7 +38,6 @@ if "XLA_FLAGS" not in os.environ and os.environ.get("JAX_PLATFORMS", "") in ("",
   os.environ["JAX_PLATFORMS"] = "cpu"
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={FORCED_HOST_DEVICES}"
 
-import re
 import time
 
 import jax
@@ -54,29 +53,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/vla_paligemma_3b.py", "Experiment config (configs/vla_paligemma_3b.py).")
 
 # Extra Gemma experts' weights in the LM ("mlp_1", "q_einsum_1"; the ViT's "Dense_0" are not).
-_EXPERT_KEY = re.compile(r"_\d+$")
 
 
 def _fmt(num_bytes: int) -> str:
   return f"{num_bytes / 2**30:.3f} GiB"
-
-
-def param_split(params) -> tuple[int, int]:
-  """(backbone, head) parameter counts of a policy params pytree (arrays or ShapeDtypeStructs).
-
-  The backbone is everything under ``vlm`` except the extra experts' ``*_<i>`` weights (the flow
-  head's action expert lives in the LM's layers); the rest (expert, projections) is the head's.
-  """
-  backbone = head = 0
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    keys = [str(getattr(k, "key", k)) for k in path]
-    n = int(np.prod(leaf.shape))
-    expert = "llm" in keys and any(_EXPERT_KEY.search(k) for k in keys)
-    if "vlm" in keys and not expert:
-      backbone += n
-    else:
-      head += n
-  return backbone, head
 
 
 def main(argv):
@@ -104,7 +84,7 @@ def main(argv):
       text_len=config.data.max_text_len, horizon=config.data.horizon,
       action_dim=dims.action_dim)
   params = jax.eval_shape(policy.init, jax.random.key(config.train.seed), batch)
-  backbone, head = param_split(params)
+  backbone, head = policy_lib.param_split(params)
   print(f"[policy] head={config.policy.head} backbone={config.policy.backbone.variant}: "
         f"{(backbone + head) / 1e9:.3f}B params = backbone {backbone / 1e9:.3f}B + head "
         f"{head / 1e6:.1f}M", flush=True)

@@ -7,10 +7,8 @@ is run by ``experiments/compile_check.py``, not here.
 
 import importlib.util
 import pathlib
-import re
 
 import jax
-import numpy as np
 import pytest
 
 from vla_jax.models import policy as policy_lib
@@ -26,7 +24,6 @@ _SPEC.loader.exec_module(vla_paligemma_3b)
 # (PaliGemma report, Beyer et al. 2024).
 PALIGEMMA_3B_PARAMS = 2.92e9
 # Extra Gemma experts' weights in the LM ("mlp_1", "q_einsum_1"; the ViT's "Dense_0" are not).
-_EXPERT_KEY = re.compile(r"_\d+$")
 
 
 def _abstract_params(head: str):
@@ -41,20 +38,6 @@ def _abstract_params(head: str):
       state_dim=dims.state_dim, text_len=config.data.max_text_len, horizon=config.data.horizon,
       action_dim=dims.action_dim)
   return policy, jax.eval_shape(policy.init, jax.random.key(0), batch)
-
-
-def _counts(params) -> tuple[int, int]:
-  """(backbone, rest): backbone = under ``vlm`` minus the extra experts' ``*_<i>`` weights."""
-  backbone = rest = 0
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    keys = [str(getattr(k, "key", k)) for k in path]
-    n = int(np.prod(leaf.shape))
-    expert = "llm" in keys and any(_EXPERT_KEY.search(k) for k in keys)
-    if "vlm" in keys and not expert:
-      backbone += n
-    else:
-      rest += n
-  return backbone, rest
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +56,7 @@ def test_head_arg_switches_the_head(built):
 
 def test_backbone_is_paligemma_3b_sized(built):
   for head, (_, params) in built.items():
-    backbone, rest = _counts(params)
+    backbone, rest = policy_lib.param_split(params)
     assert abs(backbone - PALIGEMMA_3B_PARAMS) / PALIGEMMA_3B_PARAMS < 0.01, (head, backbone)
     # Embedding rows: PaliGemma's 257152 text ids (+ the token heads' special and action ids).
     rows, width = params["backbone"]["vlm"]["llm"]["embedder"]["embedding"].shape

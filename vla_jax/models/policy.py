@@ -26,10 +26,12 @@ Build with :func:`make_policy` from :func:`default_policy_config` (embed it in a
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from vla_jax.models import gemma, vlm
 from vla_jax.models.heads import action_tokens
@@ -189,3 +191,25 @@ def expert_config(config: ml_collections.ConfigDict) -> gemma.GemmaConfig:
   llm = vlm.VLMConfig.from_config(config.backbone).llm
   return dataclasses.replace(llm, width=config.flow.expert_width,
                              mlp_dim=config.flow.expert_mlp_dim, vocab_size=0)
+
+
+_EXPERT_KEY = re.compile(r"_\d+$")  # Extra experts' weights inside the LM: ``q_einsum_1``...
+
+
+def param_split(params: Any) -> tuple[int, int]:
+  """(backbone, head) parameter counts of a policy params pytree (arrays or ShapeDtypeStructs).
+
+  The backbone is everything under ``vlm`` except the extra experts' ``*_<i>`` weights inside the
+  LM (the flow head's action expert lives in the LM's layers); the rest (expert, projections,
+  readouts) is the head's.
+  """
+  backbone = head = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    keys = [str(getattr(k, "key", k)) for k in path]
+    n = int(np.prod(leaf.shape))
+    expert = "llm" in keys and any(_EXPERT_KEY.search(k) for k in keys)
+    if "vlm" in keys and not expert:
+      backbone += n
+    else:
+      head += n
+  return backbone, head
