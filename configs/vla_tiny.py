@@ -81,5 +81,6 @@ def get_config(arg=None):
       "batch_envs": 128,  # episodes simulated at once
       "seed": 1_000_000,  # eval reset seeds start here (demos use seeds < 1e6: unseen)
       "video_episodes": 2,  # rollout videos per task in the report
+      "replan_every": 1,  # control steps between policy queries (1 = receding horizon, <= H)
   })
   return c

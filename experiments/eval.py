@@ -18,6 +18,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (holds checkpoint
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _EPISODES = flags.DEFINE_integer("episodes", 100, "Episodes per task (unseen seeds).")
 _SEED = flags.DEFINE_integer("seed", 2_000_000, "First eval reset seed.")
+_REPLAN = flags.DEFINE_integer("replan_every", None, "Control steps between policy queries "
+                               "(default: the run's config.eval.replan_every).")
 _VIDEOS = flags.DEFINE_integer("videos", 0, "Rollout GIFs per task, written to <workdir>/eval_videos.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -27,6 +29,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   loaded = main_job.load_checkpoint_policy(_WORKDIR.value, _STEP.value)
   config = ml_collections.ConfigDict(loaded.config)
+  if _REPLAN.value is not None:
+    config.eval.replan_every = _REPLAN.value
   evaluator = main_job.make_evaluator(config, loaded.policy, loaded.norm_stats,
                                       loaded.text_tokenizer)
   res = evaluator(loaded.params, num_episodes_per_task=_EPISODES.value, seed=_SEED.value,

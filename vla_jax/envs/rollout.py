@@ -37,7 +37,7 @@ def expert_policy(env: TabletopEnv, noise_scale: float = 0.0) -> Callable[..., j
 
 def make_rollout(env: TabletopEnv, policy_fn: Callable[..., jax.Array], num_envs: int,
                  num_steps: int | None = None, record_obs: bool = True,
-                 privileged: bool = False, task_ids: Any = None
+                 privileged: bool = False, task_ids: Any = None, stateful: bool = False
                  ) -> Callable[[jax.Array], tuple[State, dict[str, Any]]]:
   """Builds a jitted ``rollout(rng) -> (final_state, trajectory)``.
 
@@ -50,6 +50,9 @@ def make_rollout(env: TabletopEnv, policy_fn: Callable[..., jax.Array], num_envs
     num_envs: N. num_steps: T. record_obs: keep the observations in the trajectory.
     task_ids: optional int [N] task family per env (e.g. a fixed count per task); default: each
       reset samples uniformly among the configured tasks.
+    stateful: the policy carries a state across steps (e.g. an action chunk being executed):
+      the rollout is then ``rollout(rng, policy_state, *policy_args)`` and the policy
+      ``fn(obs, rng, policy_state, *policy_args) -> (actions [N, D], new_policy_state)``.
 
   Returns:
     A jitted ``rollout(rng, *policy_args)`` (extra arguments, e.g. the policy params, are passed
@@ -72,8 +75,12 @@ def make_rollout(env: TabletopEnv, policy_fn: Callable[..., jax.Array], num_envs
     v_reset = lambda keys: jax.vmap(env.reset_task)(keys, task_ids)
 
   def one_step(carry, rng):
-    state, policy_args = carry
-    act = policy_fn(state if privileged else policy_obs(state), rng, *policy_args)
+    state, policy_state, policy_args = carry
+    seen = state if privileged else policy_obs(state)
+    if stateful:
+      act, policy_state = policy_fn(seen, rng, policy_state, *policy_args)
+    else:
+      act = policy_fn(seen, rng, *policy_args)
     act = act.astype(jnp.float32)
     new = v_step(state, act)
     frozen = state.done
@@ -84,14 +91,15 @@ def make_rollout(env: TabletopEnv, policy_fn: Callable[..., jax.Array], num_envs
            "error": new.info["error"]}
     if record_obs:
       out["obs"] = state.obs
-    return (new, policy_args), out
+    return (new, policy_state, policy_args), out
 
   @jax.jit
-  def rollout(rng: jax.Array, *policy_args):
+  def rollout(rng: jax.Array, *args):
+    policy_state, policy_args = (args[0], args[1:]) if stateful else (None, args)
     k_reset, k_run = jax.random.split(rng)
     state = v_reset(jax.random.split(k_reset, num_envs))
-    (final, _), traj = jax.lax.scan(one_step, (state, policy_args),
-                                    jax.random.split(k_run, steps))
+    (final, _, _), traj = jax.lax.scan(one_step, (state, policy_state, policy_args),
+                                       jax.random.split(k_run, steps))
     traj["task_id"] = state.info["task_id"]
     traj["instruction_id"] = state.info["instruction_id"]
     return final, traj

@@ -69,8 +69,9 @@ def text_table(text_tokenizer, instructions: list[str], max_len: int) -> tuple[j
 
 def make_policy_fn(policy, *, norm_stats: Mapping[str, Any], norm_mode: str,
                    text_ids: jax.Array, text_mask: jax.Array, camera_names: list[str],
-                   sample_options: Mapping[str, Any] | None = None):
-  """Adapts ``policy`` to the env rollout: ``fn(obs, rng, params) -> env actions float32 [N, D]``.
+                   sample_options: Mapping[str, Any] | None = None, replan_every: int = 1):
+  """Adapts ``policy`` to a stateful env rollout (``make_rollout(..., stateful=True)``):
+  ``fn(obs, rng, carry, params) -> (env actions float32 [N, D], carry)``.
 
   Args:
     policy: object with ``sample(params, observation, rng, **options) -> {"actions", "valid"}``.
@@ -79,11 +80,14 @@ def make_policy_fn(policy, *, norm_stats: Mapping[str, Any], norm_mode: str,
     text_ids, text_mask: from :func:`text_table` (row = instruction id).
     camera_names: cameras the policy reads (``image/<cam>`` in the env observation).
     sample_options: static head sampling options (e.g. ``num_steps``).
+    replan_every: query the policy every this many control steps and execute the chunk's
+      actions in between (1 = receding horizon; at most the chunk length H).
   """
   options = dict(sample_options or {})
   state_stats, action_stats = norm_stats["state"], norm_stats["action"]
 
-  def fn(obs: dict[str, jax.Array], rng: jax.Array, params: Any) -> jax.Array:
+  def chunk(obs: dict[str, jax.Array], rng: jax.Array, params: Any) -> jax.Array:
+    """Env-space action chunk float32 [N, H, D] (NaN rows where the head's sample is invalid)."""
     n = obs["state"].shape[0]
     observation = {f"image/{c}": obs[f"image/{c}"][:, None] for c in camera_names}
     observation["obs_mask"] = jnp.ones((n, 1), bool)
@@ -91,8 +95,18 @@ def make_policy_fn(policy, *, norm_stats: Mapping[str, Any], norm_mode: str,
     observation["text_tokens"] = text_ids[obs["instruction_id"]]
     observation["text_mask"] = text_mask[obs["instruction_id"]]
     out = policy.sample(params, observation, rng, **options)
-    action = normalization.unnormalize(out["actions"][:, 0], action_stats, norm_mode)
-    return jnp.where(out["valid"][:, None], action, jnp.nan)
+    actions = normalization.unnormalize(out["actions"], action_stats, norm_mode)
+    return jnp.where(out["valid"][:, None, None], actions, jnp.nan)
+
+  def fn(obs, rng, carry, params):
+    """Stateful rollout policy: replans every ``replan_every`` steps, executing the chunk's
+    actions in between (all envs step in lockstep, so the replanning branch is one scalar cond).
+    ``carry`` = (chunk [N, H, D], steps since the last plan int32 [])."""
+    planned, since = carry
+    planned = jax.lax.cond(since % replan_every == 0, lambda: chunk(obs, rng, params),
+                           lambda: planned)
+    action = jnp.take(planned, since % replan_every, axis=1)
+    return action, (planned, since + 1)
 
   return fn
 
@@ -109,7 +123,7 @@ class Evaluator:
   def __init__(self, env: TabletopEnv, policy, *, norm_stats: Mapping[str, Any], norm_mode: str,
                text_tokenizer, max_text_len: int, batch_envs: int,
                camera_names: list[str] | None = None, record_video: bool = True,
-               sample_options: Mapping[str, Any] | None = None):
+               sample_options: Mapping[str, Any] | None = None, replan_every: int = 1):
     if batch_envs < 1:
       raise ValueError(f"Evaluator: batch_envs={batch_envs} must be >= 1")
     cams = list(camera_names or env.camera_names)
@@ -120,13 +134,19 @@ class Evaluator:
     self.env, self.policy, self.cameras = env, policy, cams
     self.sample_options = dict(sample_options or {})
     self.text_ids, self.text_mask = text_table(text_tokenizer, env.instructions, max_text_len)
+    horizon, dim = policy.action_horizon, policy.action_dim
+    if not 1 <= replan_every <= horizon:
+      raise ValueError(f"Evaluator: replan_every={replan_every} must be in [1, H={horizon}]")
     policy_fn = make_policy_fn(policy, norm_stats=norm_stats, norm_mode=norm_mode,
                                text_ids=self.text_ids, text_mask=self.text_mask,
-                               camera_names=cams, sample_options=sample_options)
+                               camera_names=cams, sample_options=sample_options,
+                               replan_every=replan_every)
+    self._carry0 = (jnp.zeros((batch_envs, horizon, dim), jnp.float32),
+                    jnp.zeros((), jnp.int32))
     # Tasks are tiled over the batch so every batch holds (about) equal episodes of each task.
     task_ids = np.resize(np.asarray(env.enabled_task_ids, np.int32), batch_envs)
     self._run = rollout_lib.make_rollout(env, policy_fn, batch_envs, record_obs=record_video,
-                                         task_ids=task_ids)
+                                         task_ids=task_ids, stateful=True)
     self._compiled = False
 
   def __call__(self, params: Any, *, num_episodes_per_task: int, seed: int,
@@ -142,7 +162,7 @@ class Evaluator:
     batch_index = 0
     while min(counts.values()) < num_episodes_per_task:
       t0 = time.perf_counter()
-      _, traj = self._run(jax.random.PRNGKey(seed + batch_index), params)
+      _, traj = self._run(jax.random.PRNGKey(seed + batch_index), self._carry0, params)
       traj = jax.device_get(traj)
       dt = time.perf_counter() - t0
       if not self._compiled:

@@ -113,7 +113,8 @@ def make_evaluator(config, policy, norm_stats, text_tokenizer,
                                norm_mode=config.data.norm_mode, text_tokenizer=text_tokenizer,
                                max_text_len=config.data.max_text_len,
                                batch_envs=config.eval.batch_envs,
-                               camera_names=list(config.data.cameras))
+                               camera_names=list(config.data.cameras),
+                               replan_every=config.eval.replan_every)
 
 
 def _dataset_summary(path: str) -> str:
