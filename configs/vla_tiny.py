@@ -32,8 +32,8 @@ HEAD_CHOICES = ("flow", "diffusion", "ar", "ar_fast", "discrete_diffusion")
 
 
 def get_config(arg=None):
-  a = config_args.parse_arg(arg, head="flow", steps=3000, batch_size=64, eval_episodes=100,
-                            eval_every=1000, data_root="workdirs/data")
+  a = config_args.parse_arg(arg, head="flow", steps=8000, batch_size=64, eval_episodes=100,
+                            eval_every=2000, data_root="workdirs/data")
   if a.head not in HEAD_CHOICES:
     raise ValueError(f"configs/vla_tiny.py: head='{a.head}' not in {HEAD_CHOICES}")
   c = ml_collections.ConfigDict()
@@ -46,6 +46,7 @@ def get_config(arg=None):
   # The camera is fixed: random crops would move objects in the image relative to the proprio
   # state, which the policy must relate them to. Colour jitter stays.
   c.data.augment.random_resized_crop = False
+  c.data.augment.hue = 0.0  # Instructions name colours: do not shift hues.
 
   c.policy = policy_lib.default_policy_config(
       head="ar" if a.head == "ar_fast" else a.head, backbone="tiny")
@@ -72,7 +73,8 @@ def get_config(arg=None):
   c.train.learning_rate = 1e-3
   c.train.warmup_steps = 100
   c.train.log_every = 50
-  c.train.checkpoint_every = 500
+  c.train.checkpoint_every = 1000
+  c.train.ema_decay = 0.999  # Evaluate (and save for inference) the EMA of the params.
 
   c.eval = ml_collections.ConfigDict({
       "num_episodes_per_task": a.eval_episodes,  # final evaluation, unseen seeds
