@@ -61,8 +61,8 @@ def test_absl_override_of_unknown_leaf_fails_with_close_match(tmp_path):
       app.run(main)
   """))
   ok = subprocess.run([sys.executable, str(prog), f"--config={cfg}", "--config.model.width=4"],
-                      capture_output=True, text=True)
+                      check=False, capture_output=True, text=True)
   assert ok.returncode == 0 and "WIDTH 4" in ok.stdout
   bad = subprocess.run([sys.executable, str(prog), f"--config={cfg}", "--config.model.widht=4"],
-                       capture_output=True, text=True)
+                       check=False, capture_output=True, text=True)
   assert bad.returncode != 0 and "width" in bad.stderr
