@@ -69,6 +69,13 @@ def check_actions(batch: Mapping[str, Array], horizon: int, action_dim: int, whe
                      f"{tuple(batch['action_mask'].shape)}")
 
 
+def masked_chunk_mean(err: Array, action_mask: Array) -> Array:
+  """Mean of per-step errors ``err`` float [B, M, H] over the valid chunk steps (``action_mask``
+  bool [B, H], shared by the M noised copies); 0 when no step is valid."""
+  w = jnp.broadcast_to(action_mask.astype(jnp.float32)[:, None], err.shape)
+  return jnp.sum(err * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
 def sinusoidal_embedding(t: Array, dim: int, min_period: float = 4e-3,
                          max_period: float = 4.0) -> Array:
   """Sine-cosine features of a scalar time in [0, 1] (pi0's ``posemb_sincos`` periods).

@@ -108,8 +108,7 @@ class DiffusionModule(nn.Module):
     ab = jnp.asarray(ddpm.cosine_alpha_bars(self.num_train_steps))[t][..., None, None]
     x_t = jnp.sqrt(ab) * x0 + jnp.sqrt(1.0 - ab) * noise
     err = jnp.mean(jnp.square(self.eps(x_t, t, self.condition(batch)) - noise), axis=-1)
-    w = jnp.broadcast_to(batch["action_mask"].astype(jnp.float32)[:, None], err.shape)
-    loss = jnp.sum(err * w) / jnp.maximum(jnp.sum(w), 1.0)
+    loss = common.masked_chunk_mean(err, batch["action_mask"])
     return loss, {"eps_mse": loss}
 
 

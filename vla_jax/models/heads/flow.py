@@ -106,8 +106,7 @@ class FlowModule(nn.Module):
     prefix_mask, cache = self.prefix(batch)
     v = self.velocity(x_t, t, prefix_mask, cache)
     err = jnp.mean(jnp.square(v - u), axis=-1)  # [B, M, H]
-    w = jnp.broadcast_to(batch["action_mask"].astype(jnp.float32)[:, None], err.shape)
-    loss = jnp.sum(err * w) / jnp.maximum(jnp.sum(w), 1.0)
+    loss = common.masked_chunk_mean(err, batch["action_mask"])
     return loss, {"flow_mse": loss}
 
 
