@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vla_jax.tokenizers.checks import check_actions, check_int_ids
+from vla_jax.tokenizers.checks import check_actions, check_int_ids, read_tokenizer_json
 
 FILENAME = "binning_tokenizer.json"
 FORMAT = "vla_jax.binning/1"
@@ -168,18 +168,7 @@ class BinningTokenizer:
   def load(cls, directory: str) -> BinningTokenizer:
     """Reads a tokenizer written by :meth:`save`; a corrupt file raises ValueError naming it."""
     path = os.path.join(directory, FILENAME)
-    try:
-      with open(path) as f:
-        blob = json.load(f)
-    except FileNotFoundError:
-      raise FileNotFoundError(f"No binning tokenizer at {path} (expected {FILENAME} written "
-                              f"by BinningTokenizer.save)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise ValueError(f"Corrupt binning tokenizer {path}: not valid JSON ({e})") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-      fmt = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
-      raise ValueError(f"Corrupt binning tokenizer {path}: key 'format' is {fmt!r}, expected "
-                       f"{FORMAT!r}")
+    blob = read_tokenizer_json(path, "binning", "BinningTokenizer.save", FORMAT)
     for key in ("kind", "num_bins", "action_dim", "edges"):
       if key not in blob:
         raise ValueError(f"Corrupt binning tokenizer {path}: missing key '{key}'")

@@ -7,6 +7,8 @@ jit-able code paths mark such entries explicitly instead (documented where they 
 
 from __future__ import annotations
 
+import json
+
 import jax
 import numpy as np
 
@@ -65,3 +67,24 @@ def check_actions(actions, action_dim: int, what: str, horizon: int | None = Non
     pos = _first_bad(bad)
     raise ValueError(f"{what}: actions contain non-finite values ({a[pos]} at [b, t, d] = {pos}; "
                      f"{int(bad.sum())} in total)")
+
+
+def read_tokenizer_json(path: str, kind: str, writer: str, fmt: str) -> dict:
+  """Reads a saved tokenizer's JSON and checks its ``format`` tag.
+
+  Raises FileNotFoundError naming ``path`` and the ``writer`` that makes it, and ValueError
+  "Corrupt <kind> tokenizer <path>: ..." for invalid JSON or a wrong ``format``.
+  """
+  try:
+    with open(path, encoding="utf-8") as f:
+      blob = json.load(f)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"No {kind} tokenizer at {path} (expected the file written by "
+                            f"{writer})") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"Corrupt {kind} tokenizer {path}: not valid JSON ({e})") from None
+  if not isinstance(blob, dict) or blob.get("format") != fmt:
+    got = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+    raise ValueError(f"Corrupt {kind} tokenizer {path}: key 'format' is {got!r}, expected "
+                     f"{fmt!r}")
+  return blob

@@ -38,7 +38,7 @@ import tokenizers
 from tokenizers import decoders, models, trainers
 
 from vla_jax.tokenizers import dct
-from vla_jax.tokenizers.checks import check_actions, check_int_ids
+from vla_jax.tokenizers.checks import check_actions, check_int_ids, read_tokenizer_json
 
 FILENAME = "fast_tokenizer.json"
 FORMAT = "vla_jax.fast/1"
@@ -259,17 +259,7 @@ class FastTokenizer:
     def corrupt(msg):
       return ValueError(f"Corrupt FAST tokenizer {path}: {msg}")
 
-    try:
-      with open(path, encoding="utf-8") as f:
-        blob = json.load(f)
-    except FileNotFoundError:
-      raise FileNotFoundError(f"No FAST tokenizer at {path} (expected {FILENAME} written by "
-                              f"FastTokenizer.save)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise corrupt(f"not valid JSON ({e})") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-      fmt = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
-      raise corrupt(f"key 'format' is {fmt!r}, expected {FORMAT!r}")
+    blob = read_tokenizer_json(path, "FAST", "FastTokenizer.save", FORMAT)
     types = {"action_horizon": int, "action_dim": int, "scale": (int, float),
              "requested_vocab_size": int, "min_coeff": int, "max_coeff": int,
              "base_codepoint": int, "bpe": dict}
