@@ -44,8 +44,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
+
+from vla_jax.models import config_dicts
 
 Array = jax.Array
 
@@ -89,12 +90,7 @@ class GemmaConfig:
   @classmethod
   def from_dict(cls, d: Any) -> GemmaConfig:
     """Builds a config from a dict / ConfigDict; unknown keys fail by name."""
-    d = dict(d.to_dict() if isinstance(d, ml_collections.ConfigDict) else d)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise KeyError(f"GemmaConfig: unknown keys {unknown}; known: {sorted(known)}")
-    return cls(**d)
+    return config_dicts.from_dict(cls, d)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
