@@ -137,7 +137,7 @@ def test_flow_prefix_cache_matches_recomputation(data):
 
 
 def test_flow_level2_copies_do_not_leak(data):
-  """M noised copies packed in one suffix give the velocities of M separate single-copy passes."""
+  """M noised copies folded into the batch give the velocities of M separate single-copy passes."""
   _, obs, _, _ = data
   pol, params, _, _ = train("flow", data)
   mod = pol.head.module

@@ -18,10 +18,13 @@ over its read-only KV cache; sampling reuses that one cache for every integratio
 test compares against (same actions to 1e-5) and the benchmark's baseline.
 
 Level-2 minibatching (Mini-Diffuser, 2025): ``num_noise_samples`` = M noised copies of every
-chunk (own noise and own t) are packed into one suffix of M * H tokens over the shared prefix
-cache; a block-diagonal mask keeps the copies independent (copy m sees the prefix and only its own
-H tokens, at the same positions as a single copy), so the loss is exactly the mean of M
-independent single-copy losses while the prefix is paid once.
+chunk (own noise and own t) share one prefix pass. The copies are folded into the batch axis
+(row ``b * M + m``): B * M suffixes of H tokens, each over its row's prefix KV cache (repeated M
+times; its gradient sums over the copies), so copy m sees the prefix and only its own H tokens,
+at the same positions as a single copy, and the loss is exactly the mean of M independent
+single-copy losses. Design choice: packing the M copies into one suffix of M * H tokens with a
+block-diagonal mask (Mini-Diffuser's layout) gives the same numbers but pays attention for
+M * H queries over P + M * H keys, quadratic in M; folding pays M * H * (P + H), linear in M.
 
 Loss: mean squared velocity error over D, averaged over valid chunk steps (``action_mask``) and M.
 """
@@ -64,26 +67,33 @@ class FlowModule(nn.Module):
     self.action_out_proj = nn.Dense(self.action_dim)
 
   def _suffix(self, x_t: Array, t: Array, prefix_mask: Array):
-    """x_t [B, M, H, D], t [B, M] -> tokens [B, M*H, We], positions [B, M*H], mask rows."""
+    """x_t [B, M, H, D], t [B, M] -> the M copies folded into the batch (row b * M + m):
+    tokens [B*M, H, We], positions [B*M, H], mask [B*M, H, P+H], prefix_mask [B*M, P]."""
     b, m, h, _ = x_t.shape
     a = self.action_in_proj(x_t)  # [B, M, H, We]
     temb = common.sinusoidal_embedding(t, self.expert.width)[:, :, None]  # [B, M, 1, We]
     x = jnp.concatenate([a, jnp.broadcast_to(temb, a.shape)], axis=-1)
-    x = self.time_mlp_out(nn.swish(self.time_mlp_in(x))).reshape(b, m * h, -1)
-    positions = jnp.tile(common.suffix_positions(prefix_mask, h), (1, m))
-    mask = common.suffix_mask(prefix_mask, jnp.repeat(jnp.arange(m), h))
-    return x, positions, mask
+    x = self.time_mlp_out(nn.swish(self.time_mlp_in(x))).reshape(b * m, h, -1)
+    prefix_mask = jnp.repeat(prefix_mask, m, axis=0)
+    positions = common.suffix_positions(prefix_mask, h)
+    mask = common.suffix_mask(prefix_mask, jnp.zeros((h,), jnp.int32))
+    return x, positions, mask, prefix_mask
 
   def velocity(self, x_t: Array, t: Array, prefix_mask: Array, cache: dict) -> Array:
-    """Velocity float32 [B, M, H, D] of x_t [B, M, H, D] at times t [B, M] over a prefix cache."""
-    x, positions, mask = self._suffix(x_t, t, prefix_mask)
+    """Velocity float32 [B, M, H, D] of x_t [B, M, H, D] at times t [B, M] over a prefix cache
+    (``cache`` {"k", "v"} [depth, B, P, K, Hd], shared by the M copies of a row)."""
+    m = x_t.shape[1]
+    x, positions, mask, prefix_mask = self._suffix(x_t, t, prefix_mask)
+    if m > 1:
+      cache = jax.tree.map(lambda c: jnp.repeat(c, m, axis=1), cache)
     out = self.backbone.run_suffix([None, x], prefix_mask, positions, mask, cache)[1]
     return self.action_out_proj(out).astype(jnp.float32).reshape(x_t.shape)
 
   def velocity_uncached(self, obs: Mapping[str, Array], x_t: Array, t: Array) -> Array:
-    """Same as :meth:`velocity` but recomputing the whole prefix in one joint pass."""
+    """Same as :meth:`velocity` but recomputing the whole prefix in one joint pass (per copy)."""
     emb, prefix_mask = self.backbone.embed_prefix(obs)
-    x, positions, mask = self._suffix(x_t, t, prefix_mask)
+    x, positions, mask, prefix_mask = self._suffix(x_t, t, prefix_mask)
+    emb = jnp.repeat(emb, x_t.shape[1], axis=0)
     out = self.backbone.run_joint(emb, prefix_mask, [None, x], positions, mask)[1]
     return self.action_out_proj(out).astype(jnp.float32).reshape(x_t.shape)
 
