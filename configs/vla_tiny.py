@@ -56,6 +56,7 @@ def get_config(arg=None):
   c.policy.backbone.vit.stem = "conv"
   c.policy.backbone.vit.patch_size = 16
   c.policy.backbone.llm.depth = 4
+  c.policy.backbone.vit.film = True
   # Level-2 minibatching: 4 noised samples per conditioning, the prefix paid once.
   c.policy.flow.num_noise_samples = 4
   c.policy.diffusion.num_noise_samples = 4

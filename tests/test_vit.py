@@ -108,3 +108,31 @@ def test_conv_stem_tokens_follow_the_image():
                   stem="conv")
   with pytest.raises(ValueError, match="stem='lin'"):
     vit.ViTConfig(width=32, depth=1, mlp_dim=8, num_heads=4, stem="lin")
+
+
+def test_film_stem_is_identity_at_init_and_follows_the_condition():
+  """FiLM starts as the plain conv stem; once its projections are trained, cond changes tokens."""
+  kw = dict(width=32, depth=1, mlp_dim=16, num_heads=4, patch_size=8, image_size=32, stem="conv")
+  images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
+  cond = jax.random.normal(jax.random.key(2), (2, 12))
+  film = vit.ViT(vit.ViTConfig(**kw, film=True))
+  params = film.init(jax.random.key(1), images, cond)
+  assert params["params"]["stem_film0"]["kernel"].shape == (12, 2 * 16)
+  plain = {"params": {k: v for k, v in params["params"].items()
+                      if not k.startswith(("stem_film", "film_norm"))}}
+  ref, _ = vit.ViT(vit.ViTConfig(**kw)).apply(plain, images)
+  out, _ = film.apply(params, images, cond)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-6)  # zero-init FiLM
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  moved = jax.tree.unflatten(tree, [p + 0.1 * jax.random.normal(k, p.shape)
+                                    for p, k in zip(leaves, keys)])
+  a, _ = film.apply(moved, images, cond)
+  b, _ = film.apply(moved, images, cond[::-1])
+  assert np.abs(np.asarray(a) - np.asarray(b)).max(axis=(1, 2)).min() > 1e-2  # cond matters
+  row, _ = film.apply(moved, images[1:], cond[1:])  # each row reads only its own cond
+  np.testing.assert_allclose(np.asarray(row[0]), np.asarray(a[1]), atol=1e-5)
+  with pytest.raises(ValueError, match=r"film=True needs cond \[B=2, C\], got None"):
+    film.apply(params, images)
+  with pytest.raises(ValueError, match="film=True needs stem='conv'"):
+    vit.ViTConfig(**{**kw, "stem": "patch"}, film=True)

@@ -54,6 +54,12 @@ class ViTConfig:
       convolutions down to the patch grid, then a 1x1 projection: the "early convolutions" stem
       of Xiao et al. 2021, which trains faster from scratch; for small CPU models only, as
       pretrained SigLIP weights use "patch").
+    film: FiLM-condition the conv stem on a vector (RT-1, Brohan et al. 2022, conditions its
+      image encoder on the instruction this way): after every stem conv's norm,
+      ``x * (1 + gamma(c)) + beta(c)`` with ``gamma, beta`` linear in ``LayerNorm(c)`` and
+      zero-initialised (identity at init). The tokens then encode what the instruction asks
+      for, which a small from-scratch model otherwise has to learn through attention.
+      Needs ``stem="conv"``; the caller passes ``cond`` [B, C].
     image_size: square input side in pixels (inputs must match exactly).
     posemb: "learn" (a [1, N, W] parameter) or "sincos2d" (fixed).
     pool_type: "none" (all N tokens), "map" (attention pooling, one token) or "gap" (mean).
@@ -69,6 +75,7 @@ class ViTConfig:
   num_heads: int
   patch_size: int = 14
   stem: str = "patch"
+  film: bool = False
   image_size: int = 224
   posemb: str = "learn"
   pool_type: str = "none"
@@ -87,6 +94,8 @@ class ViTConfig:
     if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
       raise ValueError(f"ViTConfig: stem='conv' needs a power-of-two patch_size, got "
                        f"{self.patch_size}")
+    if self.film and self.stem != "conv":
+      raise ValueError(f"ViTConfig: film=True needs stem='conv', got stem='{self.stem}'")
     if self.posemb not in ("learn", "sincos2d"):
       raise ValueError(f"ViTConfig: posemb='{self.posemb}' not in ('learn', 'sincos2d')")
     if self.pool_type not in ("none", "map", "gap"):
@@ -215,7 +224,8 @@ class MAPHead(nn.Module):
 class ViT(nn.Module):
   """Image encoder.
 
-  ``__call__(images)``: float [B, S, S, 3] in [-1, 1] (S = ``config.image_size``) ->
+  ``__call__(images, cond=None)``: float [B, S, S, 3] in [-1, 1] (S = ``config.image_size``)
+  and, with ``config.film``, a conditioning vector ``cond`` float [B, C] ->
   ``(out, aux)`` where ``out`` is [B, N, D] for pool_type "none" (N = (S / patch)^2 tokens,
   row-major patch order) or [B, D] otherwise, D = ``head_dim`` or ``width``; ``aux`` holds
   ``encoded`` [B, N, W] (after the final norm) and ``pre_logits``.
@@ -224,7 +234,8 @@ class ViT(nn.Module):
   config: ViTConfig
 
   @nn.compact
-  def __call__(self, images: Array) -> tuple[Array, dict[str, Array]]:
+  def __call__(self, images: Array, cond: Array | None = None
+               ) -> tuple[Array, dict[str, Array]]:
     c = self.config
     dtype = jnp.dtype(c.dtype)
     expect = (c.image_size, c.image_size, 3)
@@ -234,8 +245,15 @@ class ViT(nn.Module):
     if not jnp.issubdtype(images.dtype, jnp.floating):
       raise ValueError(f"ViT: images dtype {images.dtype}; expected float in [-1, 1] "
                        "(convert uint8 with vlm.preprocess_images)")
+    if c.film and (cond is None or cond.ndim != 2 or cond.shape[0] != images.shape[0]):
+      raise ValueError(f"ViT: config film=True needs cond [B={images.shape[0]}, C], got "
+                       f"{None if cond is None else tuple(cond.shape)}")
+    if cond is not None and not c.film:
+      raise ValueError("ViT: cond given but config film=False")
     p = c.patch_size
     x = images.astype(dtype)
+    if c.film:
+      cond = nn.LayerNorm(epsilon=c.ln_eps, dtype=dtype, name="film_norm")(cond.astype(dtype))
     if c.stem == "conv":
       # Channels double per stride-2 conv and reach width / 2 at the patch grid.
       n = p.bit_length() - 1
@@ -243,6 +261,10 @@ class ViT(nn.Module):
         x = nn.Conv(max(c.width // 2 ** (n - i), 16), (3, 3), strides=(2, 2), padding="SAME",
                     dtype=dtype, name=f"stem_conv{i}")(x)
         x = nn.GroupNorm(num_groups=8, dtype=dtype, name=f"stem_norm{i}")(x)
+        if c.film:
+          gb = nn.Dense(2 * x.shape[-1], kernel_init=nn.initializers.zeros, dtype=dtype,
+                        name=f"stem_film{i}")(cond)[:, None, None]
+          x = x * (1.0 + gb[..., :x.shape[-1]]) + gb[..., x.shape[-1]:]
         x = nn.relu(x)
       x = nn.Conv(c.width, (1, 1), dtype=dtype, name="embedding")(x)
     else:

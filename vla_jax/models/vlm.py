@@ -139,12 +139,14 @@ class VLM(nn.Module):
     self.llm = gemma.Transformer((self.config.llm, *self.experts), scan=self.config.scan,
                                  remat=self.config.remat, name="llm")
 
-  def embed_images(self, images: Mapping[str, Array]) -> Array:
+  def embed_images(self, images: Mapping[str, Array], cond: Array | None = None) -> Array:
     """Per-camera images -> LM-width tokens.
 
     Args:
       images: ``{camera: uint8 [B, H, W, 3] or [B, T, H, W, 3]}`` (or float in [-1, 1]) with at
         least the configured cameras (others are ignored).
+      cond: float [B, C], the FiLM conditioning of a ``vit.film`` backbone (shared by every
+        camera and frame of a row); None otherwise.
 
     Returns:
       float [B, C * T * N, W_llm]: camera-major, then frame, then patch (row-major).
@@ -171,7 +173,10 @@ class VLM(nn.Module):
     x = jnp.stack(xs, axis=1)  # [B, C, (T,) H, W, 3]
     b = x.shape[0]
     # One ViT call over all cameras and frames: a bigger batch, one compiled graph.
-    tokens, _ = self.img(x.reshape((-1,) + x.shape[-3:]))
+    flat = x.reshape((-1,) + x.shape[-3:])
+    if cond is not None:
+      cond = jnp.repeat(cond, flat.shape[0] // b, axis=0)  # row-major [B, C, (T)] -> per image
+    tokens, _ = self.img(flat, cond)
     return tokens.reshape(b, -1, tokens.shape[-1])
 
   def embed_text(self, tokens: Array) -> Array:
@@ -200,8 +205,13 @@ class VLM(nn.Module):
     if text_tokens.shape != text_mask.shape or text_tokens.ndim != 2:
       raise ValueError(f"VLM: text_tokens {tuple(text_tokens.shape)} and text_mask "
                        f"{tuple(text_mask.shape)} must both be [B, L]")
-    img = self.embed_images(images)
     txt = self.embed_text(text_tokens)
+    cond = None
+    if self.config.vit.film:
+      # The instruction as a bag of token embeddings (masked mean) conditions the image stem.
+      w = jnp.asarray(text_mask, txt.dtype)[..., None]
+      cond = jnp.sum(txt * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+    img = self.embed_images(images, cond)
     b = txt.shape[0]
     if img.shape[0] != b:
       raise ValueError(f"VLM: image batch {img.shape[0]} != text batch {b}")
