@@ -70,7 +70,8 @@ def _expert(env, state, rng, noise_scale=0.0):
 def _config():
   return ml_collections.ConfigDict({
       "num_train_episodes": 10, "num_validation_episodes": 3, "seed": 5, "batch_envs": 4,
-      "noise_scale": 0.0, "steps_after_success": 1, "keep_failures": True, "env": {}})
+      "noise_scale": 0.0, "action_label": "executed", "steps_after_success": 1,
+      "keep_failures": True, "env": {}})
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,22 @@ def test_cached_dataset_is_reused_only_for_the_same_config(built):
   changed.noise_scale = 0.3
   with pytest.raises(ValueError, match=r"noise_scale: cached 0.0 != config 0.3"):
     collect.build_demo_dataset(changed, data_dir, env=env, expert_fn=_expert)
+
+
+def test_clean_labels_record_the_noiseless_expert_along_the_noisy_path():
+  """DART: the env executes the noisy action; "clean" records the expert's own action."""
+  env, seeds = _PointEnv(), np.arange(8)
+  run = lambda label: collect.rollout_batch(collect.make_rollout_fn(env, _expert, 0.5, label),
+                                            env, seeds)
+  clean, executed = run("clean"), run("executed")
+  np.testing.assert_array_equal(clean.state, executed.state)  # The same noisy trajectories.
+  pos, goal = clean.state[..., :2], clean.state[..., 2:]
+  np.testing.assert_allclose(clean.action[..., :2], np.clip((goal - pos) / 0.25, -1, 1),
+                             atol=1e-6)
+  np.testing.assert_array_equal(clean.action[..., 2], 1.0)
+  assert 0.4 < (executed.action - clean.action).std() < 0.6  # Executed = clean + N(0, 0.5).
+  with pytest.raises(ValueError, match="'action_label': 'noisy' not in"):
+    collect.make_rollout_fn(env, _expert, 0.5, "noisy")
 
 
 def test_builder_writes_rlds_that_reads_back_equal(built):

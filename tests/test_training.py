@@ -6,7 +6,9 @@ import struct
 
 import _training_toy as toy
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from vla_jax.training import (
@@ -196,3 +198,28 @@ def test_exhausted_data_iterator_is_named(tmp_path):
     return iter([])
   with pytest.raises(RuntimeError, match="data iterator ended before step 0"):
     trainer.train(toy.make_config(), str(tmp_path), model=toy.ToyModel(), make_data_iterator=empty)
+
+
+def test_ema_decay_warms_up_from_the_init():
+  """EMA of step n uses decay min(ema_decay, (1 + n) / (10 + n)): the init is forgotten fast."""
+  from vla_jax.training import train_state, train_step  # pylint: disable=g-import-not-at-top
+
+  class Drift:  # Loss -w with SGD(1): w grows by exactly 1 per step, starting from 0.
+    def loss(self, params, batch, rng):
+      del batch, rng
+      return -params["w"], {}
+
+  opt = optax.sgd(1.0)
+  state = train_state.TrainState(step=jnp.zeros((), jnp.int32), params={"w": jnp.zeros(())},
+                                 opt_state=opt.init({"w": jnp.zeros(())}),
+                                 ema_params={"w": jnp.zeros(())}, rng=jax.random.PRNGKey(0))
+  step = jax.jit(lambda s: train_step.train_step(s, {}, model=Drift(), optimizer=opt,
+                                                 schedule=lambda n: 1.0, ema_decay=0.99))
+  want = 0.0
+  for n in range(300):
+    state, _ = step(state)
+    decay = min(0.99, (1 + n) / (10 + n))
+    want = decay * want + (1 - decay) * (n + 1)
+  assert float(state.params["w"]) == 300.0
+  np.testing.assert_allclose(float(state.ema_params["w"]), want, rtol=1e-5)
+  assert 300 - float(state.ema_params["w"]) < 110  # Lags ~1/(1 - 0.99) steps, not the init.

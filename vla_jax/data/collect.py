@@ -48,7 +48,11 @@ def default_collect_config() -> ml_collections.ConfigDict:
       "num_validation_episodes": 80,
       "seed": 0,
       "batch_envs": 200,  # episodes simulated at once (one compilation)
-      "noise_scale": 0.1,  # expert action noise (fraction of the action range)
+      "noise_scale": 0.2,  # expert action noise (std, fraction of the action range)
+      # "clean": execute the noisy action but record the expert's noiseless one (DART, Laskey
+      # et al. 2017): the demos visit perturbed states and show how the expert recovers from
+      # them, and the labels carry no injected noise. "executed": record what was executed.
+      "action_label": "clean",
       "steps_after_success": 5,
       "keep_failures": False,
       "env": env_config,
@@ -74,8 +78,18 @@ class RolloutBatch:
   seed: np.ndarray
 
 
-def make_rollout_fn(env, expert_fn, noise_scale: float):
-  """``jit(vmap)``-ed ``seeds int32 [N] -> per-step outputs`` of the expert in ``env``."""
+ACTION_LABELS = ("clean", "executed")
+
+
+def make_rollout_fn(env, expert_fn, noise_scale: float, action_label: str = "executed"):
+  """``jit(vmap)``-ed ``seeds int32 [N] -> per-step outputs`` of the expert in ``env``.
+
+  The env executes ``expert_fn(..., noise_scale)``; the recorded ``action`` is that executed
+  action (``action_label="executed"``) or the same expert's noiseless action in the same state
+  (``"clean"``, DART).
+  """
+  if action_label not in ACTION_LABELS:
+    raise ValueError(f"collect config 'action_label': '{action_label}' not in {ACTION_LABELS}")
 
   def one(seed):
     k_reset, k_expert = jax.random.split(jax.random.PRNGKey(seed))
@@ -83,8 +97,10 @@ def make_rollout_fn(env, expert_fn, noise_scale: float):
 
     def step(state, key):
       action = expert_fn(env, state, key, noise_scale=noise_scale)
+      label = action if action_label == "executed" else expert_fn(env, state, key,
+                                                                  noise_scale=0.0)
       nxt = env.step(state, action)
-      out = {"obs": state.obs, "action": action.astype(jnp.float32), "reward": nxt.reward,
+      out = {"obs": state.obs, "action": label.astype(jnp.float32), "reward": nxt.reward,
              "success": nxt.success, "error": jnp.asarray(nxt.info["error"], bool)}
       return nxt, out
 

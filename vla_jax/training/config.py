@@ -17,7 +17,8 @@ def default_train_config() -> ml_collections.ConfigDict:
     weight_decay: decoupled AdamW weight decay (applied to arrays with ndim >= 2 only).
     b1, b2, eps: AdamW moments.
     grad_clip: clip gradients to this global norm (0 = no clipping).
-    ema_decay: exponential moving average of the params (0 = off; e.g. 0.999).
+    ema_decay: exponential moving average of the params (0 = off; e.g. 0.999); the decay of
+      step n is ``min(ema_decay, (1 + n) / (10 + n))`` so early averages forget the init.
     log_every: progress line + TensorBoard scalars every this many steps.
     checkpoint_every: save a checkpoint every this many steps (0 = only at the end).
     keep_checkpoints: keep only the last N checkpoints.
