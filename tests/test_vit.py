@@ -112,7 +112,8 @@ def test_conv_stem_tokens_follow_the_image():
 
 def test_film_stem_is_identity_at_init_and_follows_the_condition():
   """FiLM starts as the plain conv stem; once its projections are trained, cond changes tokens."""
-  kw = dict(width=32, depth=1, mlp_dim=16, num_heads=4, patch_size=8, image_size=32, stem="conv")
+  kw = {"width": 32, "depth": 1, "mlp_dim": 16, "num_heads": 4, "patch_size": 8,
+        "image_size": 32, "stem": "conv"}
   images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
   cond = jax.random.normal(jax.random.key(2), (2, 12))
   film = vit.ViT(vit.ViTConfig(**kw, film=True))
