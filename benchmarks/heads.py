@@ -16,51 +16,51 @@ of ``--reps`` calls after one compile + warm-up call, on this machine, in this r
    "no cache" recomputes the LM prefix at every step; XLA may still hoist loop-invariant work
    (the image encoder) out of the sampling loop, so it is a lower bound on full recomputation.
 
-Takes 3 to 6 minutes on 2 CPU cores (almost all of it XLA compilation; 23 programs).
+Takes 1.5 to 6 minutes on 2 CPU cores (almost all of it XLA compilation; 23 programs).
 
-Measured (2 CPU cores shared with other jobs at load average ~6, so single figures move by up to
-2x between runs; a separate A/B run of the flow gradient alone gave 21 ms at M = 1 and 50 ms at
-M = 8, i.e. 0.29x per noised sample):
+Measured on an idle machine (2 CPU cores; single figures move by up to 2x with other load):
 
   devices: [CpuDevice(id=0)]; tiny backbone, train batch 8, chunk H=10 D=7, fastest of 10 calls
 
   1) training step (loss + grad + Adam)
-    flow                     22.9 ms/step
-    diffusion                24.4 ms/step
-    ar                       71.9 ms/step
-    discrete_diffusion       72.0 ms/step
+    flow                     12.8 ms/step
+    diffusion                17.2 ms/step
+    ar                       37.2 ms/step
+    discrete_diffusion       37.8 ms/step
 
   2) level-2 minibatching: M noised samples per conditioning (shared prefix)
-    flow       M=1       22.9 ms/step     2.87 ms/noised sample   1.00x of M=1
-    flow       M=4       29.3 ms/step     0.92 ms/noised sample   0.32x of M=1
-    flow       M=8       79.7 ms/step     1.24 ms/noised sample   0.43x of M=1  (target <= 0.30x)
-    flow       M=16     100.0 ms/step     0.78 ms/noised sample   0.27x of M=1
-    diffusion  M=1       24.4 ms/step     3.05 ms/noised sample   1.00x of M=1
-    diffusion  M=4       37.9 ms/step     1.18 ms/noised sample   0.39x of M=1
-    diffusion  M=8       29.2 ms/step     0.46 ms/noised sample   0.15x of M=1  (target <= 0.30x)
-    diffusion  M=16      34.0 ms/step     0.27 ms/noised sample   0.09x of M=1
+    flow       M=1       12.8 ms/step     1.60 ms/noised sample   1.00x of M=1
+    flow       M=4       20.8 ms/step     0.65 ms/noised sample   0.41x of M=1
+    flow       M=8       27.8 ms/step     0.43 ms/noised sample   0.27x of M=1  (target <= 0.30x)
+    flow       M=16      37.4 ms/step     0.29 ms/noised sample   0.18x of M=1
+    diffusion  M=1       17.2 ms/step     2.14 ms/noised sample   1.00x of M=1
+    diffusion  M=4       14.7 ms/step     0.46 ms/noised sample   0.21x of M=1
+    diffusion  M=8       15.4 ms/step     0.24 ms/noised sample   0.11x of M=1  (target <= 0.30x)
+    diffusion  M=16      17.5 ms/step     0.14 ms/noised sample   0.06x of M=1
 
   3) inference per action chunk (batch 1)
-    backbone forward (prefix: ViT + LM)          0.71 ms   (1.00x)
-    AR binning, KV cache                         5.03 ms   ( 7.09x)  nfe 71
-    AR binning, no cache                        95.33 ms   (134.28x)  nfe 71
-    flow  1 steps, prefix cache                  0.92 ms   ( 1.29x)  nfe 1
-    flow  1 steps, no cache                      0.84 ms   ( 1.19x)  nfe 1
-    flow  5 steps, prefix cache                  1.00 ms   ( 1.40x)  nfe 5
-    flow  5 steps, no cache                      2.14 ms   ( 3.01x)  nfe 5
-    flow 10 steps, prefix cache                  1.24 ms   ( 1.74x)  nfe 10
-    flow 10 steps, no cache                      3.68 ms   ( 5.18x)  nfe 10
-    diffusion DDPM 20 steps                      2.68 ms   ( 3.77x)  nfe 20
-    diffusion DDIM 10 steps                      2.17 ms   ( 3.06x)  nfe 10
-    discrete diffusion 12 rounds                 8.90 ms   (12.54x)  nfe 12
-    discrete diffusion 4 rounds                  3.48 ms   ( 4.91x)  nfe 4
+    backbone forward (prefix: ViT + LM)          0.61 ms   (1.00x)
+    AR binning, KV cache                         4.42 ms   ( 7.30x)  nfe 71
+    AR binning, no cache                        58.77 ms   (96.97x)  nfe 71
+    flow  1 steps, prefix cache                  0.72 ms   ( 1.18x)  nfe 1
+    flow  1 steps, no cache                      0.84 ms   ( 1.38x)  nfe 1
+    flow  5 steps, prefix cache                  0.92 ms   ( 1.51x)  nfe 5
+    flow  5 steps, no cache                      1.87 ms   ( 3.08x)  nfe 5
+    flow 10 steps, prefix cache                  1.22 ms   ( 2.02x)  nfe 10
+    flow 10 steps, no cache                      3.50 ms   ( 5.78x)  nfe 10
+    diffusion DDPM 20 steps                      2.09 ms   ( 3.44x)  nfe 20
+    diffusion DDIM 10 steps                      1.43 ms   ( 2.37x)  nfe 10
+    discrete diffusion 12 rounds                 7.40 ms   (12.20x)  nfe 12
+    discrete diffusion 4 rounds                  2.93 ms   ( 4.84x)  nfe 4
 
-  total 354 s
+  total 91 s
 
-Why flow level-2 gains less than diffusion: the action expert must share the LM's attention shape
-(4 heads x 32), so each of the M * H = 80 suffix tokens at M = 8 costs about as much attention
-work as a prefix token, and the tiny prefix is only 64 ViT + 81 LM tokens; diffusion's denoiser
-is an MLP on [B, M, H * D], nearly free next to the prefix.
+Why flow level-2 gains less than diffusion: every noised copy is a full pass of the action expert
+through all LM layers (H = 10 tokens attending to the 81-token prefix cache and to themselves),
+while diffusion's denoiser is an MLP on [B, M, H * D], nearly free next to the prefix. Flow folds
+the M copies into the batch (see ``heads/flow.py``): an earlier layout that packed them into one
+M * H-token suffix with a block-diagonal mask paid attention quadratic in M and measured 0.32x at
+M = 8 on the same machine.
 """
 
 import os

@@ -32,8 +32,8 @@ HEAD_CHOICES = ("flow", "diffusion", "ar", "ar_fast", "discrete_diffusion")
 
 
 def get_config(arg=None):
-  a = config_args.parse_arg(arg, head="flow", steps=8000, batch_size=64, eval_episodes=100,
-                            eval_every=2000, data_root="workdirs/data")
+  a = config_args.parse_arg(arg, head="flow", steps=9000, batch_size=64, eval_episodes=100,
+                            eval_every=3000, data_root="workdirs/data")
   if a.head not in HEAD_CHOICES:
     raise ValueError(f"configs/vla_tiny.py: head='{a.head}' not in {HEAD_CHOICES}")
   c = ml_collections.ConfigDict()
@@ -41,6 +41,9 @@ def get_config(arg=None):
 
   # Demonstrations (and the simulator used for closed-loop evaluation: c.collect.env).
   c.collect = collect.default_collect_config()
+  # Spend the demonstrations where imitation is hard: pushing needs the most precision (31%
+  # success with uniform tasks at 8000 steps, while reach and lift reached 100%).
+  c.collect.task_weights = {"reach": 0.5, "push": 2.0, "pick_place": 1.0, "lift": 0.5}
 
   c.data = data_config_lib.default_data_config()  # datasets.tabletop_demos.path set at run time
   # The camera is fixed: random crops would move objects in the image relative to the proprio

@@ -7,6 +7,7 @@ policy is rebuilt from them, and the params (EMA params when the run used EMA) a
 the success per task and the inference latency; ``--videos`` writes one GIF per task.
 """
 
+import ast
 import os
 
 import ml_collections
@@ -20,6 +21,9 @@ _EPISODES = flags.DEFINE_integer("episodes", 100, "Episodes per task (unseen see
 _SEED = flags.DEFINE_integer("seed", 2_000_000, "First eval reset seed.")
 _REPLAN = flags.DEFINE_integer("replan_every", None, "Control steps between policy queries "
                                "(default: the run's config.eval.replan_every).")
+_OPTIONS = flags.DEFINE_multi_string(
+    "sample_option", [], "name=value head sampling option, repeatable (value as a Python "
+    "literal), e.g. --sample_option=noise_temperature=0 --sample_option=num_steps=5.")
 _VIDEOS = flags.DEFINE_integer("videos", 0, "Rollout GIFs per task, written to <workdir>/eval_videos.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -31,8 +35,17 @@ def main(argv):
   config = ml_collections.ConfigDict(loaded.config)
   if _REPLAN.value is not None:
     config.eval.replan_every = _REPLAN.value
+  options = {}
+  for item in _OPTIONS.value:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+      raise app.UsageError(f"--sample_option expects name=value, got '{item}'")
+    try:
+      options[name] = ast.literal_eval(value)
+    except (ValueError, SyntaxError) as e:
+      raise app.UsageError(f"--sample_option {name}: '{value}' is not a Python literal") from e
   evaluator = main_job.make_evaluator(config, loaded.policy, loaded.norm_stats,
-                                      loaded.text_tokenizer)
+                                      loaded.text_tokenizer, sample_options=options)
   res = evaluator(loaded.params, num_episodes_per_task=_EPISODES.value, seed=_SEED.value,
                   video_episodes=_VIDEOS.value)
   print(f"checkpoint step {loaded.step}: {res.summary()}")

@@ -41,9 +41,14 @@ class _PointEnv:
     return {"image/base": jnp.full((8, 8, 3), level, jnp.uint8),
             "state": jnp.concatenate([pos, goal]).astype(jnp.float32)}
 
+  enabled_task_ids = np.array([0, 1], np.int32)
+
   def reset(self, rng):
-    k1, k2, k3 = jax.random.split(rng, 3)
-    task = jax.random.randint(k1, (), 0, 2)
+    k1, k_rest = jax.random.split(rng)
+    return self.reset_task(k_rest, jax.random.randint(k1, (), 0, 2))
+
+  def reset_task(self, rng, task):
+    _, k2, k3 = jax.random.split(rng, 3)
     goal = jax.random.uniform(k2, (2,), minval=-0.5, maxval=0.5) * (1 + task)
     pos = jnp.zeros(2)
     info = {"task_id": task.astype(jnp.int32),
@@ -105,6 +110,22 @@ def test_clean_labels_record_the_noiseless_expert_along_the_noisy_path():
   assert 0.4 < (executed.action - clean.action).std() < 0.6  # Executed = clean + N(0, 0.5).
   with pytest.raises(ValueError, match="'action_label': 'noisy' not in"):
     collect.make_rollout_fn(env, _expert, 0.5, "noisy")
+
+
+def test_task_weights_set_the_task_mix():
+  env, seeds = _PointEnv(), np.arange(64)
+  only_far = collect.rollout_batch(
+      collect.make_rollout_fn(env, _expert, 0.0, task_weights={"near": 0.0}), env, seeds)
+  assert (only_far.task_id == 1).all()
+  mixed = collect.rollout_batch(
+      collect.make_rollout_fn(env, _expert, 0.0, task_weights={"far": 3.0}), env, seeds)
+  assert 0.55 < mixed.task_id.mean() < 0.95  # P(far) = 0.75.
+  np.testing.assert_allclose(collect.task_probabilities(env, {"far": 3.0}), [0.25, 0.75])
+  assert collect.task_probabilities(env, {}) is None
+  with pytest.raises(ValueError, match=r"task\(s\) \['fly'\] are not among the env's tasks"):
+    collect.task_probabilities(env, {"fly": 1.0})
+  with pytest.raises(ValueError, match="must be finite, >= 0 and not all zero"):
+    collect.task_probabilities(env, {"near": 0.0, "far": 0.0})
 
 
 def test_builder_writes_rlds_that_reads_back_equal(built):

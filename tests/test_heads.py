@@ -136,6 +136,22 @@ def test_flow_prefix_cache_matches_recomputation(data):
   np.testing.assert_allclose(np.asarray(cached), np.asarray(full), atol=1e-5)
 
 
+def test_flow_noise_temperature(data):
+  """Temperature 0 is one deterministic ODE solution (any rng); 1 is the default sampler."""
+  _, obs, _, _ = data
+  pol, params, _, _ = train("flow", data)
+  fn = jax.jit(lambda p, o, r, temp: pol.sample(p, o, r, noise_temperature=temp)["actions"],
+               static_argnums=3)
+  cold = [np.asarray(fn(params, obs, jax.random.key(k), 0.0)) for k in (1, 2)]
+  np.testing.assert_array_equal(cold[0], cold[1])
+  np.testing.assert_allclose(np.asarray(fn(params, obs, jax.random.key(1), 1.0)),
+                             np.asarray(pol.sample_actions(params, obs, jax.random.key(1))),
+                             atol=1e-6)
+  assert np.isfinite(cold[0]).all()
+  with pytest.raises(ValueError, match="noise_temperature must be >= 0"):
+    fn(params, obs, jax.random.key(1), -1.0)
+
+
 def test_flow_level2_copies_do_not_leak(data):
   """M noised copies folded into the batch give the velocities of M separate single-copy passes."""
   _, obs, _, _ = data

@@ -66,7 +66,8 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     del dl_manager  # Nothing to download: episodes are simulated.
     self._rollout_fn = collect.make_rollout_fn(self._env, self._expert_fn,
                                                self._collect.noise_scale,
-                                               self._collect.action_label)
+                                               self._collect.action_label,
+                                               self._collect.get("task_weights"))
     return {split: self._generate_examples(split) for split in ("train", "validation")}
 
   def _generate_examples(self, split: str):

@@ -53,6 +53,9 @@ def default_collect_config() -> ml_collections.ConfigDict:
       # et al. 2017): the demos visit perturbed states and show how the expert recovers from
       # them, and the labels carry no injected noise. "executed": record what was executed.
       "action_label": "clean",
+      # {task: weight} for drawing each episode's task (absent tasks weigh 1; {} = uniform over
+      # env.tasks): spend demonstrations where imitation is hard.
+      "task_weights": {},
       "steps_after_success": 5,
       "keep_failures": False,
       "env": env_config,
@@ -81,19 +84,46 @@ class RolloutBatch:
 ACTION_LABELS = ("clean", "executed")
 
 
-def make_rollout_fn(env, expert_fn, noise_scale: float, action_label: str = "executed"):
+def task_probabilities(env, task_weights) -> np.ndarray | None:
+  """float64 [len(env.enabled_task_ids)] task probabilities from ``{task name: weight}`` (absent
+  tasks weigh 1), or None for uniform (empty weights). Raises ValueError naming a bad entry."""
+  weights = dict(task_weights or {})
+  if not weights:
+    return None
+  enabled = [env.task_names[int(t)] for t in env.enabled_task_ids]
+  unknown = sorted(set(weights) - set(enabled))
+  if unknown:
+    raise ValueError(f"collect config 'task_weights': task(s) {unknown} are not among the env's "
+                     f"tasks {enabled}")
+  w = np.array([float(weights.get(t, 1.0)) for t in enabled])
+  if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
+    raise ValueError(f"collect config 'task_weights': {weights} must be finite, >= 0 and not "
+                     "all zero")
+  return w / w.sum()
+
+
+def make_rollout_fn(env, expert_fn, noise_scale: float, action_label: str = "executed",
+                    task_weights=None):
   """``jit(vmap)``-ed ``seeds int32 [N] -> per-step outputs`` of the expert in ``env``.
 
   The env executes ``expert_fn(..., noise_scale)``; the recorded ``action`` is that executed
   action (``action_label="executed"``) or the same expert's noiseless action in the same state
-  (``"clean"``, DART).
+  (``"clean"``, DART). ``task_weights``: see :func:`task_probabilities` (None/{} = ``env.reset``).
   """
   if action_label not in ACTION_LABELS:
     raise ValueError(f"collect config 'action_label': '{action_label}' not in {ACTION_LABELS}")
+  probs = task_probabilities(env, task_weights)
+
+  def reset(key):
+    if probs is None:
+      return env.reset(key)
+    k_task, k_rest = jax.random.split(key)
+    task = jax.random.choice(k_task, jnp.asarray(env.enabled_task_ids), p=jnp.asarray(probs))
+    return env.reset_task(k_rest, task)
 
   def one(seed):
     k_reset, k_expert = jax.random.split(jax.random.PRNGKey(seed))
-    state0 = env.reset(k_reset)
+    state0 = reset(k_reset)
 
     def step(state, key):
       action = expert_fn(env, state, key, noise_scale=noise_scale)

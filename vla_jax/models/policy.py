@@ -51,7 +51,8 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
   Keys:
     vocab_size: LM vocabulary; 0 = text vocabulary (+ the token heads' special and action ids).
     flow: expert_width / expert_mlp_dim (the action expert; depth and heads follow the LM),
-      num_steps (Euler steps, 10), num_noise_samples (M, level-2 minibatching).
+      num_steps (Euler steps, 10), num_noise_samples (M, level-2 minibatching),
+      noise_temperature (std of the initial sampling noise; 1 = as trained).
     diffusion: num_readouts, hidden, num_blocks (denoiser), num_train_steps (20, Octo),
       sampler ("ddim" | "ddpm"), num_steps, num_noise_samples (M), clip_sample (1.0: the
       quantile-normalized action range, Diffusion Policy's ``clip_sample``; use 5.0, Octo's
@@ -66,7 +67,7 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
       "backbone": vlm.backbone_config(backbone),
       "vocab_size": 0,
       "flow": {"expert_width": 64, "expert_mlp_dim": 256, "num_steps": 10,
-               "num_noise_samples": 1},
+               "num_noise_samples": 1, "noise_temperature": 1.0},
       "diffusion": {"num_readouts": 1, "hidden": 256, "num_blocks": 3, "num_train_steps": 20,
                     "sampler": "ddim", "num_steps": 10, "num_noise_samples": 1,
                     "clip_sample": 1.0},
@@ -146,7 +147,8 @@ def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_ho
       expert = dataclasses.replace(bb.llm, width=hc.expert_width, mlp_dim=hc.expert_mlp_dim,
                                    vocab_size=0)
       module = flow_lib.FlowModule(bb, expert, state_dim, action_dim, action_horizon)
-      h = flow_lib.FlowHead(module, hc.num_steps, hc.num_noise_samples)
+      h = flow_lib.FlowHead(module, hc.num_steps, hc.num_noise_samples,
+                            hc.get("noise_temperature", 1.0))
     else:
       module = diffusion_lib.DiffusionModule(
           bb, state_dim, action_dim, action_horizon, hc.num_readouts, hc.hidden, hc.num_blocks,

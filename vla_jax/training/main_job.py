@@ -105,8 +105,13 @@ def check_data_matches_env(norm_stats: dict, env: tabletop.TabletopEnv, where: s
 
 
 def make_evaluator(config, policy, norm_stats, text_tokenizer,
-                   env: tabletop.TabletopEnv | None = None) -> closed_loop.Evaluator:
-  """A compiled-once closed-loop evaluator in the env the demonstrations came from."""
+                   env: tabletop.TabletopEnv | None = None,
+                   sample_options: dict | None = None) -> closed_loop.Evaluator:
+  """A compiled-once closed-loop evaluator in the env the demonstrations came from.
+
+  ``sample_options``: static head sampling options (e.g. ``{"noise_temperature": 0.0}`` for the
+  flow head, ``{"num_steps": 5}``); default none (the head's configured defaults).
+  """
   env = env or tabletop.make_env(config.collect.env)
   check_data_matches_env(norm_stats, env, f"dataset {config.data.datasets[DATASET].path}")
   return closed_loop.Evaluator(env, policy, norm_stats=norm_stats,
@@ -114,7 +119,8 @@ def make_evaluator(config, policy, norm_stats, text_tokenizer,
                                max_text_len=config.data.max_text_len,
                                batch_envs=config.eval.batch_envs,
                                camera_names=list(config.data.cameras),
-                               replan_every=config.eval.replan_every)
+                               replan_every=config.eval.replan_every,
+                               sample_options=sample_options)
 
 
 def _dataset_summary(path: str) -> str:

@@ -128,11 +128,15 @@ class FlowHead:
     module: the :class:`FlowModule`.
     num_steps: default Euler steps for sampling.
     num_noise_samples: M for level-2 minibatching (1 = standard training).
+    noise_temperature: default std of the initial noise x_1 at sampling (1 = the trained
+      distribution; < 1 trades sample diversity for precision, 0 = one deterministic ODE
+      solution from x_1 = 0; a knob for unimodal experts, e.g. scripted demonstrations).
   """
 
   module: FlowModule
   num_steps: int = 10
   num_noise_samples: int = 1
+  noise_temperature: float = 1.0
 
   def init(self, rng: Array, batch: Mapping[str, Array]):
     """Params of backbone, expert and projections (uses the uncached joint pass to create all)."""
@@ -146,11 +150,13 @@ class FlowHead:
                              method=FlowModule.loss)
 
   def sample(self, params, obs, rng, num_steps: int | None = None,
-             use_cache: bool = True) -> dict[str, Array]:
+             use_cache: bool = True, noise_temperature: float | None = None
+             ) -> dict[str, Array]:
     """Euler integration from noise (t = 1) to actions (t = 0).
 
     Args:
       num_steps: Euler steps (static; default ``self.num_steps``).
+      noise_temperature: std of the initial noise (static; default ``self.noise_temperature``).
       use_cache: compute the prefix KV cache once and reuse it at every step (default), or
         recompute the full prefix at every step (reference / benchmark baseline).
 
@@ -163,7 +169,10 @@ class FlowHead:
       raise ValueError(f"FlowHead.sample: num_steps must be >= 1, got {n}")
     mod = self.module
     b = obs["obs_mask"].shape[0]
-    x = jax.random.normal(rng, (b, 1, mod.horizon, mod.action_dim))
+    temp = self.noise_temperature if noise_temperature is None else noise_temperature
+    if temp < 0:
+      raise ValueError(f"FlowHead.sample: noise_temperature must be >= 0, got {temp}")
+    x = temp * jax.random.normal(rng, (b, 1, mod.horizon, mod.action_dim))
     dt = -1.0 / n
     if use_cache:
       prefix_mask, cache = mod.apply({"params": params}, obs, method=FlowModule.prefix)
