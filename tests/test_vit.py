@@ -137,3 +137,33 @@ def test_film_stem_is_identity_at_init_and_follows_the_condition():
     film.apply(params, images)
   with pytest.raises(ValueError, match="film=True needs stem='conv'"):
     vit.ViTConfig(**{**kw, "stem": "patch"}, film=True)
+
+
+def test_spatial_softmax_finds_the_peak_and_keypoint_token_is_appended():
+  """A sharp heatmap peak maps to its cell's coordinates; keypoints add one token per image."""
+  h, w = 8, 16
+  logits = np.zeros((2, h, w, 2), np.float32)
+  logits[0, 0, 0, 0] = logits[0, h - 1, w - 1, 1] = 50.0  # top-left / bottom-right corners
+  logits[1, 3, 12, 0] = logits[1, 5, 2, 1] = 50.0
+  kp = np.asarray(vit.spatial_softmax(jnp.asarray(logits)))
+  col = lambda j: -1 + 2 * j / (w - 1)
+  row = lambda i: -1 + 2 * i / (h - 1)
+  np.testing.assert_allclose(kp[0], [-1, -1, 1, 1], atol=1e-5)
+  np.testing.assert_allclose(kp[1], [col(12), row(3), col(2), row(5)], atol=1e-5)
+  flat = np.asarray(vit.spatial_softmax(jnp.zeros((1, h, w, 1))))
+  np.testing.assert_allclose(flat, [[0.0, 0.0]], atol=1e-6)  # uniform map -> the centre
+
+  kw = {"width": 32, "depth": 1, "mlp_dim": 16, "num_heads": 4, "patch_size": 8,
+        "image_size": 32, "stem": "conv"}
+  cfg = vit.ViTConfig(**kw, keypoints=4)
+  assert cfg.num_tokens == cfg.num_patches + 1 == 17
+  images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
+  params = vit.ViT(cfg).init(jax.random.key(1), images)
+  assert params["params"]["keypoint_logits"]["kernel"].shape == (3, 3, 16, 4)  # stride-4 map
+  out, _ = vit.ViT(cfg).apply(params, images)
+  assert out.shape == (2, 17, 32)
+  # The keypoint token moves with the image content (a shifted image moves the keypoints).
+  shifted, _ = vit.ViT(cfg).apply(params, jnp.roll(images, 8, axis=2))
+  assert np.abs(np.asarray(shifted[:, -1] - out[:, -1])).max() > 1e-3
+  with pytest.raises(ValueError, match="keypoints=4 needs"):
+    vit.ViTConfig(**{**kw, "stem": "patch"}, keypoints=4)

@@ -60,6 +60,14 @@ class ViTConfig:
       zero-initialised (identity at init). The tokens then encode what the instruction asks
       for, which a small from-scratch model otherwise has to learn through attention.
       Needs ``stem="conv"``; the caller passes ``cond`` [B, C].
+    keypoints: K > 0 adds one token of spatial-softmax keypoints (Levine et al. 2016; Diffusion
+      Policy's image encoder ends in the same layer): a 3x3 conv on the stem's stride-4 feature
+      map (after FiLM, so keypoints can follow the instruction) gives K heatmaps, each softmaxed
+      over the map; their expected (x, y) image coordinates in [-1, 1] ([B, 2K]) are projected to
+      one extra token placed after the patch tokens (``num_tokens = num_patches + 1``). A token
+      grid of 16-px patches says *which* patch holds an object; the keypoints say *where* in it,
+      with sub-patch precision, as numbers a small head can relate to the proprio state.
+      Needs ``stem="conv"`` and ``patch_size >= 8``. 0 = off.
     image_size: square input side in pixels (inputs must match exactly).
     posemb: "learn" (a [1, N, W] parameter) or "sincos2d" (fixed).
     pool_type: "none" (all N tokens), "map" (attention pooling, one token) or "gap" (mean).
@@ -76,6 +84,7 @@ class ViTConfig:
   patch_size: int = 14
   stem: str = "patch"
   film: bool = False
+  keypoints: int = 0
   image_size: int = 224
   posemb: str = "learn"
   pool_type: str = "none"
@@ -96,6 +105,10 @@ class ViTConfig:
                        f"{self.patch_size}")
     if self.film and self.stem != "conv":
       raise ValueError(f"ViTConfig: film=True needs stem='conv', got stem='{self.stem}'")
+    if self.keypoints < 0 or (self.keypoints and (self.stem != "conv" or self.patch_size < 8)):
+      raise ValueError(f"ViTConfig: keypoints={self.keypoints} needs keypoints >= 0 and, when on, "
+                       f"stem='conv' with patch_size >= 8 (got stem='{self.stem}', "
+                       f"patch_size={self.patch_size})")
     if self.posemb not in ("learn", "sincos2d"):
       raise ValueError(f"ViTConfig: posemb='{self.posemb}' not in ('learn', 'sincos2d')")
     if self.pool_type not in ("none", "map", "gap"):
@@ -107,6 +120,11 @@ class ViTConfig:
   @property
   def num_patches(self) -> int:
     return (self.image_size // self.patch_size) ** 2
+
+  @property
+  def num_tokens(self) -> int:
+    """Output tokens per image (pool_type "none"): the patches, plus the keypoint token."""
+    return self.num_patches + (1 if self.keypoints else 0)
 
   @classmethod
   def from_dict(cls, d: Any) -> ViTConfig:
@@ -142,6 +160,23 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) 
   x = x.reshape(-1)[:, None] * omega[None]
   pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
   return pe[None].astype(np.float32)
+
+
+def spatial_softmax(heatmaps: Array) -> Array:
+  """Expected image coordinates of softmaxed heatmaps (Levine et al. 2016).
+
+  Args:
+    heatmaps: float [B, h, w, K] logits.
+
+  Returns:
+    float32 [B, 2K]: ``(x_1, y_1, ..., x_K, y_K)``, the softmax-weighted mean column (x) and row
+    (y) of each map, in [-1, 1] (-1 = left / top cell centre, +1 = right / bottom).
+  """
+  b, h, w, k = heatmaps.shape
+  p = jax.nn.softmax(heatmaps.astype(jnp.float32).reshape(b, h * w, k), axis=1)
+  ys, xs = np.meshgrid(np.linspace(-1.0, 1.0, h), np.linspace(-1.0, 1.0, w), indexing="ij")
+  coords = jnp.asarray(np.stack([xs.reshape(-1), ys.reshape(-1)], -1), jnp.float32)  # [h*w, 2]
+  return jnp.einsum("bnk,nc->bkc", p, coords).reshape(b, 2 * k)
 
 
 class MlpBlock(nn.Module):
@@ -226,8 +261,9 @@ class ViT(nn.Module):
 
   ``__call__(images, cond=None)``: float [B, S, S, 3] in [-1, 1] (S = ``config.image_size``)
   and, with ``config.film``, a conditioning vector ``cond`` float [B, C] ->
-  ``(out, aux)`` where ``out`` is [B, N, D] for pool_type "none" (N = (S / patch)^2 tokens,
-  row-major patch order) or [B, D] otherwise, D = ``head_dim`` or ``width``; ``aux`` holds
+  ``(out, aux)`` where ``out`` is [B, N, D] for pool_type "none" (N = ``config.num_tokens``:
+  the (S / patch)^2 patches in row-major order, then the keypoint token if ``keypoints``) or
+  [B, D] otherwise, D = ``head_dim`` or ``width``; ``aux`` holds
   ``encoded`` [B, N, W] (after the final norm) and ``pre_logits``.
   """
 
@@ -266,6 +302,9 @@ class ViT(nn.Module):
                         name=f"stem_film{i}")(cond)[:, None, None]
           x = x * (1.0 + gb[..., :x.shape[-1]]) + gb[..., x.shape[-1]:]
         x = nn.relu(x)
+        if c.keypoints and i == 1:  # the stride-4 map
+          keypoints = spatial_softmax(
+              nn.Conv(c.keypoints, (3, 3), padding="SAME", dtype=dtype, name="keypoint_logits")(x))
       x = nn.Conv(c.width, (1, 1), dtype=dtype, name="embedding")(x)
     else:
       x = nn.Conv(c.width, (p, p), strides=(p, p), padding="VALID", dtype=dtype,
@@ -278,6 +317,9 @@ class ViT(nn.Module):
     else:
       pos = posemb_sincos_2d(gh, gw, c.width)
     x = x + pos.astype(dtype)
+    if c.keypoints:
+      kp = nn.Dense(c.width, dtype=dtype, name="keypoint_embedding")(keypoints)
+      x = jnp.concatenate([x, kp[:, None]], axis=1)
     encoded = Encoder(c, name="Transformer")(x)
     aux = {"encoded": encoded}
     if c.pool_type == "map":

@@ -56,7 +56,7 @@ class VLMConfig:
 
   @property
   def tokens_per_image(self) -> int:
-    return self.vit.num_patches
+    return self.vit.num_tokens
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any]) -> VLMConfig:
