@@ -176,3 +176,21 @@ def test_backbone_learns_image_conditioned_text(setup):
   losses, logits = train(params)
   assert float(losses[-1]) < 0.1 * float(losses[0]), losses
   np.testing.assert_array_equal(np.argmax(logits[:, 0], -1), 10 + label)
+
+
+def test_keypoint_token_counts_as_an_image_token():
+  """With ViT keypoints each image gives patches + 1 tokens; masks cover the keypoint token."""
+  cfg = dataclasses.replace(CFG, vit=dataclasses.replace(
+      CFG.vit, image_size=32, stem="conv", film=True, keypoints=4))
+  assert cfg.tokens_per_image == (32 // 8) ** 2 + 1
+  n = cfg.tokens_per_image
+  model = vlm.VLM(cfg)
+  images = {f"image/{c}": jax.random.randint(jax.random.key(i), (B, 32, 32, 3), 0, 256).astype(
+      jnp.uint8) for i, c in enumerate(("base", "wrist"))}
+  tokens = jnp.array([[1, 2, 3, 0], [4, 5, 0, 0]], jnp.int32)
+  params = model.init(jax.random.key(0), images, tokens, tokens > 0, method=vlm.VLM.embed_prefix)
+  emb, mask, _ = model.apply(params, images, tokens, tokens > 0,
+                             {"wrist": jnp.array([True, False])}, method=vlm.VLM.embed_prefix)
+  assert emb.shape == (B, 2 * n + L, 32)
+  assert np.asarray(mask[:, :n]).all() and not np.asarray(mask[1, n:2 * n]).any()
+  np.testing.assert_array_equal(mask[:, 2 * n:], tokens > 0)
