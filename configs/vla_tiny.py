@@ -30,8 +30,8 @@ success over the 4 tasks, unseen seeds): the plain recipe reached 18% after 8000
   demos (``collect.task_weights``), noise temperature 0 at sampling (78.1% vs 77.9%), executing
   2 or 4 actions per chunk (75.6%, 66.8%; ``eval.replan_every``).
 The figures above came from a machine that trained at ~6.5 steps/s. On a 2-core machine measured
-at ~3.2 steps/s (2026-12-01; a 2048^3 float32 matmul at ~160 GFLOP/s), 8000 steps take 45 min, so
-the default is 4500 steps. Same-machine A/B at 5000 steps (final eval, 128 episodes per task):
+at 3.0-3.5 steps/s (2026-12-01; a 2048^3 float32 matmul at 155-165 GFLOP/s), 8000 steps would take
+~40-45 min (estimated from that rate), so the default is 4500 steps. Same-machine A/B at 5000 steps (final eval, 128 episodes per task):
 - without keypoints: 69.1% (reach 99%, push 14%, pick_place 74%, lift 89%); at step 2000: 37.5%;
 - 16 spatial-softmax keypoints (``policy.backbone.vit.keypoints``): 72.9% (reach 100%, push 41%,
   pick_place 60%, lift 91%); at step 2000: 52.3%. Push at step 2000 had been at chance: the

@@ -160,10 +160,22 @@ def test_spatial_softmax_finds_the_peak_and_keypoint_token_is_appended():
   images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
   params = vit.ViT(cfg).init(jax.random.key(1), images)
   assert params["params"]["keypoint_logits"]["kernel"].shape == (3, 3, 16, 4)  # stride-4 map
-  out, _ = vit.ViT(cfg).apply(params, images)
+  (out, _), state = vit.ViT(cfg).apply(params, images, capture_intermediates=True)
   assert out.shape == (2, 17, 32)
-  # The keypoint token moves with the image content (a shifted image moves the keypoints).
-  shifted, _ = vit.ViT(cfg).apply(params, jnp.roll(images, 8, axis=2))
-  assert np.abs(np.asarray(shifted[:, -1] - out[:, -1])).max() > 1e-3
+  # The token entering the encoder is the projection of the spatial softmax of the stride-4
+  # heatmaps (checked before the encoder, whose attention would mix in the patches anyway).
+  inter = state["intermediates"]
+  heat = inter["keypoint_logits"]["__call__"][0]
+  assert heat.shape == (2, 8, 8, 4)
+  dense = params["params"]["keypoint_embedding"]
+  want = vit.spatial_softmax(heat) @ dense["kernel"] + dense["bias"]
+  token = inter["keypoint_embedding"]["__call__"][0]
+  np.testing.assert_allclose(np.asarray(token), np.asarray(want), atol=1e-5)
+  # Shifting the image right by one stride-4 cell moves every heatmap's mass right: the mean x
+  # coordinate of each keypoint rises.
+  _, moved = vit.ViT(cfg).apply(params, jnp.roll(images, 4, axis=2), capture_intermediates=True)
+  x_of = lambda h: np.asarray(vit.spatial_softmax(h)).reshape(2, 4, 2)[..., 0]
+  dx = x_of(moved["intermediates"]["keypoint_logits"]["__call__"][0]) - x_of(heat)
+  assert np.abs(dx).max() > 1e-3
   with pytest.raises(ValueError, match="keypoints=4 needs"):
     vit.ViTConfig(**{**kw, "stem": "patch"}, keypoints=4)
