@@ -26,6 +26,9 @@ def default_train_config() -> ml_collections.ConfigDict:
       continues; the SIGTERM path and the end of training wait for the write to finish.
     seed: seed of the init rng and of the per-step rngs (``fold_in(base, step)``).
     mesh.data / mesh.fsdp: mesh axis sizes; -1 = all remaining devices (at most one -1).
+    cpu_devices: split the host CPU into this many single-threaded XLA devices before JAX starts
+      (0 = XLA's default single device; -1 = one per core); see ``mesh.configure_cpu_devices``.
+      Applied by the main job (``main_job.run_main_job``) before its first JAX computation.
     sharding_min_size: arrays with fewer elements than this are replicated, not FSDP-split.
   """
   config = ml_collections.ConfigDict()
@@ -46,5 +49,6 @@ def default_train_config() -> ml_collections.ConfigDict:
   config.async_checkpoints = False
   config.seed = 0
   config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+  config.cpu_devices = 0
   config.sharding_min_size = 2**14
   return config

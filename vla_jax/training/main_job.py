@@ -31,6 +31,7 @@ from vla_jax.eval import closed_loop, report, videos
 from vla_jax.models import policy as policy_lib
 from vla_jax.tokenizers import fast, text
 from vla_jax.training import assets as assets_lib
+from vla_jax.training import mesh as mesh_lib
 from vla_jax.training import trainer
 
 DATASET = collect.DATASET_NAME
@@ -136,6 +137,10 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: st
                  print_fn: Callable = print) -> str:
   """Runs the whole job (see the module docstring); returns the path of ``report.md``."""
   t_start = time.time()
+  n_cpu = mesh_lib.configure_cpu_devices(config.train.cpu_devices, config.train.batch_size)
+  if n_cpu:
+    print_fn(f"[main] host CPU split into {n_cpu} single-threaded XLA devices "
+             "(train.cpu_devices)", flush=True)
   os.makedirs(workdir, exist_ok=True)
   timings: dict[str, float] = {}
 

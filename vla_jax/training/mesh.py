@@ -50,3 +50,55 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | dict,
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(mesh_config, len(devices))
   return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+
+
+def configure_cpu_devices(num_devices: int, batch_size: int | None = None) -> int:
+  """Splits the host CPU into ``num_devices`` XLA devices, each with single-threaded matmuls.
+
+  For small models on a few CPU cores, XLA's one CPU device spends much of a step spreading tiny
+  matmuls over threads; data parallelism over one device per core (the same train step, the batch
+  split over the ``data`` axis) keeps every core busy with whole ops instead
+  (``benchmarks/cpu_devices.py`` measures both side by side). Other backends are unaffected.
+
+  Must run before JAX's first computation (it sets ``jax_num_cpu_devices`` and ``XLA_FLAGS``).
+  A device count already forced through ``XLA_FLAGS`` (``--xla_force_host_platform_device_count``,
+  as the sharding tests do) is left alone.
+
+  Args:
+    num_devices: 0 = leave XLA's default (one multi-threaded CPU device); -1 = one per core
+      available to this process (at most the largest count that divides ``batch_size``, so the
+      batch splits evenly); N > 0 = N devices.
+    batch_size: the global batch [examples], only used with -1.
+
+  Returns:
+    The CPU device count requested (0 when left to XLA).
+
+  Raises:
+    ValueError: for a count < -1.
+    RuntimeError: when JAX already initialized its backends with another CPU device count.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  if num_devices < -1:
+    raise ValueError(f"train.cpu_devices={num_devices}: must be 0 (XLA default), -1 (one per "
+                     "core) or a positive device count")
+  if num_devices == 0:
+    return 0
+  if num_devices == -1:
+    num_devices = len(os.sched_getaffinity(0))
+    while batch_size and batch_size % num_devices:
+      num_devices -= 1
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_force_host_platform_device_count" in flags:
+    return 0
+  try:
+    jax.config.update("jax_num_cpu_devices", num_devices)
+  except RuntimeError as e:
+    have = len(jax.devices("cpu"))
+    if have == num_devices:
+      return num_devices
+    raise RuntimeError(
+        f"train.cpu_devices={num_devices}: JAX already runs with {have} CPU device(s); set the "
+        "count before the first JAX computation (or set train.cpu_devices=0)") from e
+  if "xla_cpu_multi_thread_eigen" not in flags:
+    os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
+  return num_devices
