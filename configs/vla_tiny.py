@@ -39,6 +39,15 @@ at 3.0-3.5 steps/s (2026-12-01; a 2048^3 float32 matmul at 155-165 GFLOP/s), 800
 - This default (4500 steps, keypoints), fresh clone, README command: 69.8% (reach 100%, push 33%,
   pick_place 63%, lift 83%; 100 episodes per task) in 30.7 min (data 141 s). Not yet the 80%
   target; periodic evals: 56% at 2000, 72% at 4000 (25 episodes per task).
+Knobs measured 2026-12-01 against that default (two runs at a time, one pinned per core; mean
+success of the periodic evaluation, 25 episodes per task, so about +-5 points of noise; the default
+scored 52% and 56% there at step 2000, training loss 0.507):
+- learning rate 2e-3: 6% at step 2000 (loss 0.608); 5e-4: 57% (loss 0.52). 1e-3 stays.
+- batch 32 (2.2x the steps per second): 37% at step 2000, 51% at 4000 (the samples of 2000 steps
+  at batch 64); pick_place 3% after 4500 steps. Batch 128: 60% at step 1000. Batch 64 stays.
+- no image augmentation: 54% (loss 0.499); action chunks H = 8: 52% and 20% slower steps.
+- ``train.cpu_devices=-1`` (one single-threaded XLA device per core, ``benchmarks/cpu_devices.py``):
+  0.96x-1.27x the steps/s at batch 64 across runs (noise), 1.50x at batch 32; left at 0.
 """
 
 import ml_collections

@@ -55,10 +55,11 @@ def make_mesh(mesh_config: ml_collections.ConfigDict | dict,
 def configure_cpu_devices(num_devices: int, batch_size: int | None = None) -> int:
   """Splits the host CPU into ``num_devices`` XLA devices, each with single-threaded matmuls.
 
-  For small models on a few CPU cores, XLA's one CPU device spends much of a step spreading tiny
-  matmuls over threads; data parallelism over one device per core (the same train step, the batch
-  split over the ``data`` axis) keeps every core busy with whole ops instead
-  (``benchmarks/cpu_devices.py`` measures both side by side). Other backends are unaffected.
+  For small models on a few CPU cores, XLA's one CPU device can spend much of a step spreading
+  tiny matmuls over threads; data parallelism over one device per core (the same train step, the
+  batch split over the ``data`` axis) keeps each core busy with whole ops instead. Measured with
+  ``benchmarks/cpu_devices.py`` on 2 cores: 1.50x the steps/s of the vla_tiny flow step at batch
+  32, no clear gain at batch 64 (0.96x-1.27x across runs). Other backends are unaffected.
 
   Must run before JAX's first computation (it sets ``jax_num_cpu_devices`` and ``XLA_FLAGS``).
   A device count already forced through ``XLA_FLAGS`` (``--xla_force_host_platform_device_count``,
