@@ -132,6 +132,7 @@ class Evaluator:
       raise ValueError(f"Evaluator: the policy reads cameras {missing} that the env does not "
                        f"render (env cameras: {env.camera_names})")
     self.env, self.policy, self.cameras = env, policy, cams
+    self._state_stats, self._norm_mode = norm_stats["state"], norm_mode
     self.sample_options = dict(sample_options or {})
     self.text_ids, self.text_mask = text_table(text_tokenizer, env.instructions, max_text_len)
     horizon, dim = policy.action_horizon, policy.action_dim
@@ -205,7 +206,10 @@ class Evaluator:
     state = env.reset(jax.random.PRNGKey(0))
     obs = {f"image/{c}": state.obs[f"image/{c}"][None, None] for c in cams}
     obs["obs_mask"] = jnp.ones((1, 1), bool)
-    obs["state"] = state.obs["state"][None, None]
+    # The normalized state, as the rollouts feed it (the timing does not depend on the values,
+    # but the inputs should be what the policy sees).
+    obs["state"] = normalization.normalize(state.obs["state"], self._state_stats,
+                                           self._norm_mode)[None, None]
     obs["text_tokens"] = self.text_ids[state.info["instruction_id"]][None]
     obs["text_mask"] = self.text_mask[state.info["instruction_id"]][None]
     options = self.sample_options
