@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import jax
@@ -58,8 +59,8 @@ def configure_cpu_devices(num_devices: int, batch_size: int | None = None) -> in
   For small models on a few CPU cores, XLA's one CPU device can spend much of a step spreading
   tiny matmuls over threads; data parallelism over one device per core (the same train step, the
   batch split over the ``data`` axis) keeps each core busy with whole ops instead. Measured with
-  ``benchmarks/cpu_devices.py`` on 2 cores: 1.50x the steps/s of the vla_tiny flow step at batch
-  32, no clear gain at batch 64 (0.96x-1.27x across runs). Other backends are unaffected.
+  ``benchmarks/cpu_devices.py`` on 2 cores: 1.12x-1.50x the steps/s of the vla_tiny flow step at
+  batch 32, no clear gain at batch 64 (0.96x-1.27x across runs). Other backends are unaffected.
 
   Must run before JAX's first computation (it sets ``jax_num_cpu_devices`` and ``XLA_FLAGS``).
   A device count already forced through ``XLA_FLAGS`` (``--xla_force_host_platform_device_count``,
@@ -78,7 +79,6 @@ def configure_cpu_devices(num_devices: int, batch_size: int | None = None) -> in
     ValueError: for a count < -1.
     RuntimeError: when JAX already initialized its backends with another CPU device count.
   """
-  import os  # pylint: disable=g-import-not-at-top
   if num_devices < -1:
     raise ValueError(f"train.cpu_devices={num_devices}: must be 0 (XLA default), -1 (one per "
                      "core) or a positive device count")
