@@ -1,8 +1,8 @@
 """The main job's train step on the host CPU: one XLA device vs one single-threaded device per core.
 
-  python benchmarks/cpu_devices.py [--batch_sizes=64,32] [--steps=30]
+  python benchmarks/cpu_devices.py [--config=configs/vla_tiny.py] [--batch_sizes=64,32] [--steps=30]
 
-Runs the train step of ``configs/vla_tiny.py`` (flow head; the one jitted step of
+Runs the train step of ``--config`` (default ``configs/vla_tiny.py``, flow head; the one jitted step of
 ``vla_jax/training``, data-parallel over the mesh) on synthetic batches of the main job's shapes,
 once per ``train.cpu_devices`` setting, each in a fresh subprocess (the CPU device count is fixed
 when JAX starts), and prints steps/s and the ratio to the XLA default measured in the same run:
@@ -19,9 +19,10 @@ Measured on an idle machine (2 CPU cores, AMD EPYC, AVX2; 2026-12-01):
     one device per core      2 device(s)  batch 64:  3.34 steps/s (0.96x) | batch 32:  7.78 steps/s (1.50x)
   total 208 s
 
-At batch 64 the two settings are within this machine's run-to-run noise (another script measured
-3.1-3.3 vs 3.3-4.0 steps/s over three alternating runs); at batch 32 the per-device matmuls are small
-enough that XLA's threading costs more than it gains, and one device per core wins clearly.
+A second run with ``--batch_sizes=32 --steps=5`` printed 6.30 vs 7.03 steps/s (1.12x). At batch 64
+the two settings are within this machine's run-to-run noise (another script measured 3.1-3.3 vs
+3.3-4.0 steps/s over three alternating runs); at batch 32 the per-device matmuls are small enough
+that XLA's threading costs more than it gains, and one device per core wins.
 """
 
 import json
@@ -36,6 +37,11 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 _ROOT = os.path.dirname(_HERE)
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(_ROOT, "configs", "vla_tiny.py"),
+    "Experiment config whose policy and train sections are timed (configs/vla_tiny.py).")
 
 _BATCHES = flags.DEFINE_list("batch_sizes", ["64", "32"], "Global batch sizes to time.")
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed steps per measurement (median kept).")
@@ -46,13 +52,8 @@ IMAGE, STATE_DIM, ACTION_DIM, HORIZON, TEXT_LEN, TEXT_VOCAB = 64, 4, 4, 4, 14, 3
 
 
 def _child(cpu_devices: int) -> dict:
-  import importlib.util  # pylint: disable=g-import-not-at-top
   from vla_jax.training import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("vla_tiny", os.path.join(_ROOT, "configs",
-                                                                         "vla_tiny.py"))
-  cfg_module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(cfg_module)
-  config = cfg_module.get_config()
+  config = _CONFIG.value
   n = mesh_lib.configure_cpu_devices(cpu_devices, min(int(b) for b in _BATCHES.value))
 
   import functools  # pylint: disable=g-import-not-at-top
@@ -111,6 +112,7 @@ def main(argv):
     env.pop("XLA_FLAGS", None)  # each child starts from XLA's defaults
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), f"--child_cpu_devices={setting}",
+         f"--config={flags.FLAGS['config'].config_filename}",
          f"--batch_sizes={','.join(_BATCHES.value)}", f"--steps={_STEPS.value}"],
         env=env, cwd=_ROOT, capture_output=True, text=True, check=False)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]

@@ -47,7 +47,7 @@ scored 52% and 56% there at step 2000, training loss 0.507):
   at batch 64); pick_place 3% after 4500 steps. Batch 128: 60% at step 1000. Batch 64 stays.
 - no image augmentation: 54% (loss 0.499); action chunks H = 8: 52% and 20% slower steps.
 - ``train.cpu_devices=-1`` (one single-threaded XLA device per core, ``benchmarks/cpu_devices.py``):
-  0.96x-1.27x the steps/s at batch 64 across runs (noise), 1.50x at batch 32; left at 0.
+  0.96x-1.27x the steps/s at batch 64 across runs (noise), 1.12x-1.50x at batch 32; left at 0.
 """
 
 import ml_collections
