@@ -31,15 +31,15 @@ success over the 4 tasks, unseen seeds): the plain recipe reached 18% after 8000
   2 or 4 actions per chunk (75.6%, 66.8%; ``eval.replan_every``).
 The figures above came from a machine that trained at ~6.5 steps/s. On a 2-core machine measured
 at 3.0-3.5 steps/s (2026-12-01; a 2048^3 float32 matmul at 155-165 GFLOP/s), 8000 steps would take
-~40-45 min (estimated from that rate), so the default is 4500 steps. Same-machine A/B at 5000 steps (final eval, 128 episodes per task):
+~40-45 min (estimated from that rate), so the depth-4 default became 4500 steps. Same-machine A/B at 5000 steps (final eval, 128 episodes per task):
 - without keypoints: 69.1% (reach 99%, push 14%, pick_place 74%, lift 89%); at step 2000: 37.5%;
 - 16 spatial-softmax keypoints (``policy.backbone.vit.keypoints``): 72.9% (reach 100%, push 41%,
   pick_place 60%, lift 91%); at step 2000: 52.3%. Push at step 2000 had been at chance: the
   object moved toward the named zone's side in 52% of episodes.
-- This default (4500 steps, keypoints), fresh clone, README command: 69.8% (reach 100%, push 33%,
+- The depth-4 default (4500 steps, keypoints), fresh clone, README command: 69.8% (reach 100%, push 33%,
   pick_place 63%, lift 83%; 100 episodes per task) in 30.7 min (data 141 s). Not yet the 80%
   target; periodic evals: 56% at 2000, 72% at 4000 (25 episodes per task).
-Knobs measured 2026-12-01 against that default (two runs at a time, one pinned per core; mean
+Knobs measured 2026-12-01 against that depth-4 default (two runs at a time, one pinned per core; mean
 success of the periodic evaluation, 25 episodes per task, so about +-5 points of noise; the default
 scored 52% and 56% there at step 2000, training loss 0.507):
 - learning rate 2e-3: 6% at step 2000 (loss 0.608); 5e-4: 57% (loss 0.52). 1e-3 stays.
@@ -55,6 +55,10 @@ push 16%, pick_place 36%, lift 74%); depth 2 at 3550 steps (2.7-2.9 steps/s, 25.
 trace) attributed ~55% of its time to the LM layers (prefix and action expert), ~25% to the ViT and
 conv stem, the rest unattributed; in one side-by-side measurement on both cores the step took 336 ms
 at depth 4 and 188 ms at depth 2. So the default is depth 2 and 6000 steps.
+- This default (depth 2, 6000 steps), fresh clone, README command (2026-12-01): 78.2% (reach 100%,
+  push 52%, pick_place 69%, lift 92%; 100 episodes per task) in 28.3 min (data 151 s, training
+  1470 s at 4.2-4.6 steps/s, final evaluation 71 s); periodic evals 54% at 2000, 71% at 4000.
+  Still 1.8 points short of the 80% target.
 """
 
 import ml_collections
