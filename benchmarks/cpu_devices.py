@@ -12,7 +12,8 @@ when JAX starts), and prints steps/s and the ratio to the XLA default measured i
 
 Each figure is the median of ``--steps`` timed steps after a compile + warm-up step.
 
-Measured on an idle machine (2 CPU cores, AMD EPYC, AVX2; 2026-12-01):
+Measured on an idle machine (2 CPU cores, AMD EPYC, AVX2; 2026-12-01), with the vla_tiny config
+of that day (4 LM layers; the default is 2 since a546efa, so rerun for today's figures):
 
   vla_tiny flow train step, 2 CPU cores, median of 30 steps
     XLA default (1 device)   1 device(s)  batch 64:  3.49 steps/s (1.00x) | batch 32:  5.19 steps/s (1.00x)

@@ -60,7 +60,8 @@ def configure_cpu_devices(num_devices: int, batch_size: int | None = None) -> in
   tiny matmuls over threads; data parallelism over one device per core (the same train step, the
   batch split over the ``data`` axis) keeps each core busy with whole ops instead. Measured with
   ``benchmarks/cpu_devices.py`` on 2 cores: 1.12x-1.50x the steps/s of the vla_tiny flow step at
-  batch 32, no clear gain at batch 64 (0.96x-1.27x across runs). Other backends are unaffected.
+  batch 32, no clear gain at batch 64 (0.96x-1.27x across runs; measured with the 4-layer LM
+  vla_tiny had before it went to 2 layers). Other backends are unaffected.
 
   Must run before JAX's first computation (it sets ``jax_num_cpu_devices`` and ``XLA_FLAGS``).
   A device count already forced through ``XLA_FLAGS`` (``--xla_force_host_platform_device_count``,
