@@ -59,6 +59,14 @@ at depth 4 and 188 ms at depth 2. So the default is depth 2 and 6000 steps.
   push 52%, pick_place 69%, lift 92%; 100 episodes per task) in 28.3 min (data 151 s, training
   1470 s at 4.2-4.6 steps/s, final evaluation 71 s); periodic evals 54% at 2000, 71% at 4000.
   Still 1.8 points short of the 80% target.
+Sampling with 3 Euler steps instead of 10 (``policy.flow.num_steps``, see below) raised that same
+checkpoint to 81.0% on the same eval seeds. Two more equal-wall-clock candidates, 2026-12-01, pinned
+one core each side by side, 50 episodes per task, against the depth-2 A/B run above re-evaluated
+with 3 Euler steps (76.0%: reach 100%, push 46%, pick_place 66%, lift 92%; 3550 steps, 25.6 min):
+- LM depth 1, 4800 steps (3.6-4.0 steps/s, 24.8 min job): 68.0% (push 34%, pick_place 62%, lift 76%).
+- ``policy.flow.num_noise_samples`` 2, 4000 steps (2.7-3.2 steps/s, no faster pinned than 4 samples;
+  26.9 min job): 70.5% (push 32%, pick_place 56%, lift 94%).
+Both lost, so depth 2 with 4 noise samples stays.
 """
 
 import ml_collections
