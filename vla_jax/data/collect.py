@@ -142,7 +142,12 @@ def make_rollout_fn(env, expert_fn, noise_scale: float, action_label: str = "exe
 
 def rollout_batch(rollout_fn, env, seeds: np.ndarray) -> RolloutBatch:
   """Runs ``rollout_fn`` on int seeds [N] and moves the results to numpy."""
-  traj, task_id, instruction_id = jax.device_get(rollout_fn(jnp.asarray(seeds, jnp.int32)))
+  return _fetch(rollout_fn(jnp.asarray(seeds, jnp.int32)), env, seeds)
+
+
+def _fetch(outputs, env, seeds: np.ndarray) -> RolloutBatch:
+  """``rollout_fn``'s (possibly still running) outputs for ``seeds`` as numpy (blocks)."""
+  traj, task_id, instruction_id = jax.device_get(outputs)
   return RolloutBatch(
       images={c: np.asarray(traj["obs"][f"image/{c}"]) for c in env.camera_names},
       state=np.asarray(traj["obs"]["state"], np.float32),
@@ -202,10 +207,21 @@ def episodes(collect_config, split: str, env, rollout_fn, stats: dict | None = N
   bs = cfg.batch_envs
   kept = 0
   bar = tqdm.tqdm(total=len(seeds), desc=f"rollouts {split}", unit="ep")
-  for start in range(0, len(seeds), bs):
+  starts = list(range(0, len(seeds), bs))
+
+  def dispatch(start):
     chunk = seeds[start:start + bs]
     padded = np.concatenate([chunk, np.full(bs - len(chunk), chunk[-1])])  # one static shape
-    batch = rollout_batch(rollout_fn, env, padded)
+    return chunk, padded, rollout_fn(jnp.asarray(padded, jnp.int32))  # returns before it runs
+
+  pending = dispatch(starts[0]) if starts else None
+  for k, start in enumerate(starts):
+    chunk, padded, outputs = pending
+    batch = _fetch(outputs, env, padded)
+    if k + 1 < len(starts):
+      # JAX dispatch is asynchronous: the next batch simulates while this one is encoded and
+      # written (the writer is mostly single-threaded Python, the simulation XLA threads).
+      pending = dispatch(starts[k + 1])
     for i in range(len(chunk)):
       task = env.task_names[int(batch.task_id[i])]
       if stats is not None:

@@ -203,7 +203,8 @@ class Evaluator:
     """Milliseconds per action chunk of one jitted ``policy.sample`` for one observation (what a
     robot waits for each time it replans), after compilation."""
     env, cams = self.env, self.cameras
-    state = env.reset(jax.random.PRNGKey(0))
+    # Jitted: an eager MJX reset dispatches op by op (18.6 s measured, against 5 s to compile).
+    state = jax.jit(env.reset)(jax.random.PRNGKey(0))
     obs = {f"image/{c}": state.obs[f"image/{c}"][None, None] for c in cams}
     obs["obs_mask"] = jnp.ones((1, 1), bool)
     # The normalized state, as the rollouts feed it (the timing does not depend on the values,
