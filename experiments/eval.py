@@ -13,7 +13,7 @@ import os
 import ml_collections
 from absl import app, flags
 
-from vla_jax.training import main_job
+from vla_jax.jobs import main_job
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (holds checkpoints/).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")

@@ -17,7 +17,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from vla_jax.training import main_job
+from vla_jax.jobs import main_job
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/vla_tiny.py",
                                           "Experiment config (configs/vla_tiny.py).")

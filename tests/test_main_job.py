@@ -6,7 +6,7 @@ import os
 import pytest
 
 from vla_jax.envs import tabletop
-from vla_jax.training import main_job
+from vla_jax.jobs import main_job
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

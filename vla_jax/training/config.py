@@ -28,7 +28,8 @@ def default_train_config() -> ml_collections.ConfigDict:
     mesh.data / mesh.fsdp: mesh axis sizes; -1 = all remaining devices (at most one -1).
     cpu_devices: split the host CPU into this many single-threaded XLA devices before JAX starts
       (0 = XLA's default single device; -1 = one per core); see ``mesh.configure_cpu_devices``.
-      Applied by the main job (``main_job.run_main_job``) before its first JAX computation.
+      Applied by the main job (``vla_jax.jobs.main_job.run_main_job``) before its first JAX
+      computation.
     sharding_min_size: arrays with fewer elements than this are replicated, not FSDP-split.
   """
   config = ml_collections.ConfigDict()
