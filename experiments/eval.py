@@ -1,6 +1,6 @@
 """Evaluates a saved checkpoint closed-loop in the MJX task suite (the checkpoint is self-describing).
 
-  python experiments/eval.py --workdir=workdirs/vla_tiny --episodes=100
+  python experiments/eval.py --workdir=workdirs/vla_tiny --episodes=100 --block=dev
 
 The config, normalization statistics and tokenizers are read from the checkpoint's assets, the
 policy is rebuilt from them, and the params (EMA params when the run used EMA) are loaded. Prints
@@ -13,12 +13,17 @@ import os
 import ml_collections
 from absl import app, flags
 
+from vla_jax.eval import report
 from vla_jax.jobs import main_job
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (holds checkpoints/).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_EPISODES = flags.DEFINE_integer("episodes", 100, "Episodes per task (unseen seeds).")
-_SEED = flags.DEFINE_integer("seed", 2_000_000, "First eval reset seed.")
+_EPISODES = flags.DEFINE_integer("episodes", 100, "Episodes per task (from --block).")
+_BLOCK = flags.DEFINE_enum("block", "dev", ["dev", "test"],
+                           "Seed block (vla_jax/eval/seeds.py): dev for every tuning choice, "
+                           "test only for the figure a report states.")
+_OFFSET = flags.DEFINE_integer("offset", 0, "Episodes of the block to skip (e.g. to draw fresh "
+                               "dev episodes after a first comparison).")
 _REPLAN = flags.DEFINE_integer("replan_every", None, "Control steps between policy queries "
                                "(default: the run's config.eval.replan_every).")
 _OPTIONS = flags.DEFINE_multi_string(
@@ -46,9 +51,10 @@ def main(argv):
       raise app.UsageError(f"--sample_option {name}: '{value}' is not a Python literal") from e
   evaluator = main_job.make_evaluator(config, loaded.policy, loaded.norm_stats,
                                       loaded.text_tokenizer, sample_options=options)
-  res = evaluator(loaded.params, num_episodes_per_task=_EPISODES.value, seed=_SEED.value,
-                  video_episodes=_VIDEOS.value)
+  res = evaluator(loaded.params, num_episodes_per_task=_EPISODES.value, block=_BLOCK.value,
+                  offset=_OFFSET.value, video_episodes=_VIDEOS.value)
   print(f"checkpoint step {loaded.step}: {res.summary()}")
+  print(report.success_table(res.per_task))
   print(f"inference: {evaluator.latency_ms(loaded.params):.1f} ms per action chunk")
   for task, frames in res.videos.items():
     from vla_jax.eval import videos  # pylint: disable=g-import-not-at-top

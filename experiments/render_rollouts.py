@@ -40,10 +40,10 @@ def main(argv):
   task_ids = np.repeat(env.enabled_task_ids, config.episodes_per_task)
   print(f"[1/2] Rolling out {len(task_ids)} expert episodes ({config.episodes_per_task} per task,"
         f" horizon {env.horizon}, noise {config.noise_scale})", flush=True)
-  run = rollout.make_rollout(env, rollout.expert_policy(env, config.noise_scale), len(task_ids),
-                             privileged=True, task_ids=task_ids)
+  run = rollout.make_seeded_rollout(env, rollout.make_rollout(
+      env, rollout.expert_policy(env, config.noise_scale), privileged=True))
   t0 = time.time()
-  final, traj = jax.device_get(run(jax.random.PRNGKey(config.seed)))
+  final, traj = jax.device_get(run(config.seed + np.arange(len(task_ids)), task_ids))
   print(f"      done in {time.time() - t0:.1f} s (including compilation)", flush=True)
   print("[2/2] Writing GIFs", flush=True)
   success = np.asarray(final.success)

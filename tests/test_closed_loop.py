@@ -1,7 +1,8 @@
-"""The closed-loop policy adapter: observation contract, unnormalization, replanning, invalid rows.
+"""The env -> policy adapter: observation contract, history window, unnormalization, replanning,
+invalid rows.
 
-The full rollout (env + policy in one jitted scan) is exercised by the main job; here the adapter
-runs step by step with a stand-in policy so the test needs no env compilation.
+The full rollout (env + policy in one jitted scan) runs in tests/test_main_job.py; here the
+adapter runs step by step with a stand-in policy so the test needs no env compilation.
 """
 
 import jax
@@ -39,23 +40,24 @@ class _Policy:
 
 def _obs(step):
   return {"image/base": jnp.full((N, 8, 8, 3), step, jnp.uint8),
-          "state": jnp.full((N, S), float(step)), "instruction_id": jnp.array([1, 0])}
+          "state": jnp.full((N, S), float(step)), "instruction_id": jnp.array([1, 0]),
+          "step": jnp.full((N,), step, jnp.int32)}
 
 
-def _adapter(policy, replan_every):
+def _adapter(policy, replan_every, window=1):
   ids = jnp.array([[7, 0], [9, 5]], jnp.int32)
   mask = jnp.array([[True, False], [True, True]])
-  return closed_loop.make_policy_fn(policy, norm_stats=STATS, norm_mode="zscore", text_ids=ids,
-                                    text_mask=mask, camera_names=["base"],
-                                    replan_every=replan_every)
+  return closed_loop.EnvPolicyAdapter(
+      policy, norm_stats=STATS, norm_mode="zscore", text_ids=ids, text_mask=mask,
+      camera_names=["base"], image_shape=(8, 8), state_dim=S, window=window,
+      replan_every=replan_every)
 
 
 def test_observation_contract_and_unnormalized_actions():
   policy = _Policy(valid=[True, True])
   fn = _adapter(policy, replan_every=1)
-  carry = (jnp.zeros((N, H, D)), jnp.zeros((), jnp.int32))
   with jax.disable_jit():  # Eager: the stand-in policy can keep the observation it was given.
-    action, _ = fn(_obs(3), jax.random.key(0), carry, 1.0)
+    action, _, _ = fn(_obs(3), jax.random.key(0), fn.initial_carry(N), 1.0)
   seen = policy.seen[0]
   assert seen["image/base"].shape == (N, 1, 8, 8, 3) and seen["image/base"].dtype == jnp.uint8
   assert seen["obs_mask"].shape == (N, 1) and bool(seen["obs_mask"].all())
@@ -68,33 +70,44 @@ def test_observation_contract_and_unnormalized_actions():
 
 def test_replans_every_k_steps_and_executes_the_chunk_in_between():
   policy = _Policy(valid=[True, True])
-  fn = jax.jit(_adapter(policy, replan_every=2))
-  carry = (jnp.zeros((N, H, D)), jnp.zeros((), jnp.int32))
+  adapter = _adapter(policy, replan_every=2)
+  fn, carry = jax.jit(adapter), adapter.initial_carry(N)
   firsts = []
   for step in range(4):
-    action, carry = fn(_obs(step), jax.random.key(step), carry, 1.0)
+    action, carry, _ = fn(_obs(step), jax.random.key(step), carry, 1.0)
     firsts.append(float(action[0, 0]))
   # Plans at steps 0 and 2 from that step's state s: action h of the chunk = (s + h) * 2 + 1.
   assert firsts == [1.0, 3.0, 5.0, 7.0]
-  assert int(carry[1]) == 4
+  assert int(carry[2]) == 4
+
+
+def test_history_window_matches_training_padding():
+  """Window 3: the first step repeats its frame with obs_mask [F, F, T], as training pads."""
+  policy = _Policy(valid=[True, True])
+  adapter = _adapter(policy, replan_every=1, window=3)
+  carry = adapter.initial_carry(N)
+  with jax.disable_jit():
+    for step in range(4):
+      _, carry, _ = adapter(_obs(step), jax.random.key(0), carry, 1.0)
+  first, last = policy.seen[0], policy.seen[-1]
+  assert first["image/base"].shape == (N, 3, 8, 8, 3)
+  np.testing.assert_array_equal(first["obs_mask"], [[False, False, True]] * N)
+  np.testing.assert_array_equal(first["image/base"][:, :, 0, 0, 0], [[0, 0, 0]] * N)
+  np.testing.assert_array_equal(last["obs_mask"], [[True, True, True]] * N)
+  np.testing.assert_array_equal(last["image/base"][:, :, 0, 0, 0], [[1, 2, 3]] * N)
+  np.testing.assert_allclose(last["state"][0, :, 0], [1.0, 2.0, 3.0])  # oldest first
+  # A new episode (step 0 again) starts a fresh window.
+  with jax.disable_jit():
+    adapter(_obs(0), jax.random.key(0), carry, 1.0)
+  np.testing.assert_array_equal(policy.seen[-1]["obs_mask"], [[False, False, True]] * N)
 
 
 def test_invalid_samples_become_nan_never_zero():
   fn = _adapter(_Policy(valid=[True, False]), replan_every=1)
-  action, _ = fn(_obs(1), jax.random.key(0), (jnp.zeros((N, H, D)), jnp.zeros((), jnp.int32)),
-                 1.0)
+  action, _, _ = fn(_obs(1), jax.random.key(0), fn.initial_carry(N), 1.0)
   assert np.isfinite(np.asarray(action[0])).all() and np.isnan(np.asarray(action[1])).all()
 
 
 def test_replan_every_must_fit_the_chunk():
-  class _Env:
-    camera_names = ("base",)
-    instructions = ("a",)
-
-  class _Tok:
-    def encode_batch(self, texts, max_len):
-      return np.zeros((len(texts), max_len), np.int32), np.ones((len(texts), max_len), bool)
-
   with pytest.raises(ValueError, match=r"replan_every=5 must be in \[1, H=4\]"):
-    closed_loop.Evaluator(_Env(), _Policy([True]), norm_stats=STATS, norm_mode="zscore",
-                          text_tokenizer=_Tok(), max_text_len=2, batch_envs=2, replan_every=5)
+    _adapter(_Policy([True]), replan_every=5)

@@ -18,9 +18,9 @@ def _env():
 
 def _expert_rollout(env):
   task_ids = np.repeat(np.arange(len(env.task_names)), PER_TASK)
-  run = rollout.make_rollout(env, rollout.expert_policy(env), len(task_ids), record_obs=False,
-                             privileged=True, task_ids=task_ids)
-  final, traj = run(jax.random.PRNGKey(2024))
+  run = rollout.make_seeded_rollout(env, rollout.make_rollout(
+      env, rollout.expert_policy(env), record_obs=False, privileged=True))
+  final, traj = run(2024 + np.arange(len(task_ids)), task_ids)
   return jax.device_get(final), jax.device_get(traj)
 
 

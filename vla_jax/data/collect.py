@@ -104,56 +104,62 @@ def task_probabilities(env, task_weights) -> np.ndarray | None:
 
 def make_rollout_fn(env, expert_fn, noise_scale: float, action_label: str = "executed",
                     task_weights=None):
-  """``jit(vmap)``-ed ``seeds int32 [N] -> per-step outputs`` of the expert in ``env``.
+  """``seeds int [N] -> (traj, task_id, instruction_id)``: the expert in ``env`` through the one
+  rollout (``vla_jax.envs.rollout``), episode ``i`` named by its seed (reset from
+  ``split(PRNGKey(seed))[0]``, the expert's noise from ``[1]``).
 
-  The env executes ``expert_fn(..., noise_scale)``; the recorded ``action`` is that executed
-  action (``action_label="executed"``) or the same expert's noiseless action in the same state
-  (``"clean"``, DART). ``task_weights``: see :func:`task_probabilities` (None/{} = ``env.reset``).
+  The env executes ``expert_fn(env, state, key, noise_scale=...)``; the recorded ``action`` is
+  that executed action (``action_label="executed"``) or the same expert's noiseless action in
+  the same state (``"clean"``, DART). ``task_weights``: see :func:`task_probabilities` (None/{}:
+  the task is sampled by ``env.reset``; otherwise drawn per seed from the weights on the host).
   """
+  from vla_jax.envs import rollout as rollout_lib  # pylint: disable=g-import-not-at-top
   if action_label not in ACTION_LABELS:
     raise ValueError(f"collect config 'action_label': '{action_label}' not in {ACTION_LABELS}")
   probs = task_probabilities(env, task_weights)
+  enabled = np.asarray(env.enabled_task_ids, np.int32)
+  expert = jax.vmap(lambda s, k, scale: expert_fn(env, s, k, noise_scale=scale),
+                    in_axes=(0, 0, None))
 
-  def reset(key):
-    if probs is None:
-      return env.reset(key)
-    k_task, k_rest = jax.random.split(key)
-    task = jax.random.choice(k_task, jnp.asarray(env.enabled_task_ids), p=jnp.asarray(probs))
-    return env.reset_task(k_rest, task)
+  def policy(states, keys, policy_state):
+    action = expert(states, keys, noise_scale)
+    label = action if action_label == "executed" else expert(states, keys, 0.0)
+    return action, policy_state, {"label": label.astype(jnp.float32)}
 
-  def one(seed):
-    k_reset, k_expert = jax.random.split(jax.random.PRNGKey(seed))
-    state0 = reset(k_reset)
+  run = rollout_lib.make_seeded_rollout(
+      env, rollout_lib.make_rollout(env, policy, privileged=True))
 
-    def step(state, key):
-      action = expert_fn(env, state, key, noise_scale=noise_scale)
-      label = action if action_label == "executed" else expert_fn(env, state, key,
-                                                                  noise_scale=0.0)
-      nxt = env.step(state, action)
-      out = {"obs": state.obs, "action": label.astype(jnp.float32), "reward": nxt.reward,
-             "success": nxt.success, "error": jnp.asarray(nxt.info["error"], bool)}
-      return nxt, out
+  def fn(seeds):
+    seeds = np.asarray(seeds)
+    task_ids = None
+    if probs is not None:  # One host draw per seed: the episode still depends on its seed alone.
+      task_ids = np.array([enabled[np.random.default_rng(int(s)).choice(len(probs), p=probs)]
+                           for s in seeds], np.int32)
+    _, traj = run(jnp.asarray(seeds, jnp.int32), task_ids)
+    return traj
 
-    _, traj = jax.lax.scan(step, state0, jax.random.split(k_expert, env.horizon))
-    return traj, state0.info["task_id"], state0.info["instruction_id"]
-
-  return jax.jit(jax.vmap(one))
+  return fn
 
 
 def rollout_batch(rollout_fn, env, seeds: np.ndarray) -> RolloutBatch:
   """Runs ``rollout_fn`` on int seeds [N] and moves the results to numpy."""
-  return _fetch(rollout_fn(jnp.asarray(seeds, jnp.int32)), env, seeds)
+  return _fetch(rollout_fn(seeds), env, seeds)
 
 
-def _fetch(outputs, env, seeds: np.ndarray) -> RolloutBatch:
-  """``rollout_fn``'s (possibly still running) outputs for ``seeds`` as numpy (blocks)."""
-  traj, task_id, instruction_id = jax.device_get(outputs)
+def _fetch(traj, env, seeds: np.ndarray) -> RolloutBatch:
+  """``rollout_fn``'s (possibly still running) trajectory for ``seeds`` as numpy (blocks).
+
+  The rollout is time-major [T, N]; the batch is episode-major [N, T].
+  """
+  traj = jax.device_get(traj)
+  em = lambda x: np.swapaxes(np.asarray(x), 0, 1)
   return RolloutBatch(
-      images={c: np.asarray(traj["obs"][f"image/{c}"]) for c in env.camera_names},
-      state=np.asarray(traj["obs"]["state"], np.float32),
-      action=np.asarray(traj["action"], np.float32), reward=np.asarray(traj["reward"], np.float32),
-      success=np.asarray(traj["success"], bool), error=np.asarray(traj["error"], bool),
-      task_id=np.asarray(task_id, np.int32), instruction_id=np.asarray(instruction_id, np.int32),
+      images={c: em(traj["obs"][f"image/{c}"]) for c in env.camera_names},
+      state=em(traj["obs"]["state"]).astype(np.float32),
+      action=em(traj["extras"]["label"]).astype(np.float32),
+      reward=em(traj["reward"]).astype(np.float32), success=em(traj["success"]).astype(bool),
+      error=em(traj["error"]).astype(bool), task_id=np.asarray(traj["task_id"], np.int32),
+      instruction_id=np.asarray(traj["instruction_id"], np.int32),
       seed=np.asarray(seeds, np.int64))
 
 
@@ -185,15 +191,20 @@ def to_episode(batch: RolloutBatch, i: int, env, steps_after_success: int,
 
 
 def split_seeds(collect_config, split: str) -> np.ndarray:
-  """Reset seeds of every episode of ``split`` ("train" | "validation")."""
+  """Reset seeds of every episode of ``split`` ("train" | "validation"), inside the ``demo``
+  seed block (``vla_jax.eval.seeds``; a config whose seeds would leave it is refused)."""
+  from vla_jax.eval import seeds as seeds_lib  # pylint: disable=g-import-not-at-top
   if split == "train":
-    n, base = collect_config.num_train_episodes, collect_config.seed
+    n, offset = collect_config.num_train_episodes, collect_config.seed
   elif split == "validation":
     n = collect_config.num_validation_episodes
-    base = collect_config.seed + VALIDATION_SEED_OFFSET
+    offset = collect_config.seed + VALIDATION_SEED_OFFSET
   else:
     raise KeyError(f"unknown split '{split}'; expected train or validation")
-  return base + np.arange(n, dtype=np.int64)
+  if split == "train" and n > VALIDATION_SEED_OFFSET:
+    raise ValueError(f"collect config: num_train_episodes={n} would reach the validation seeds "
+                     f"(offset {VALIDATION_SEED_OFFSET})")
+  return seeds_lib.DEMO.seeds(n, offset)
 
 
 def episodes(collect_config, split: str, env, rollout_fn, stats: dict | None = None
@@ -212,7 +223,7 @@ def episodes(collect_config, split: str, env, rollout_fn, stats: dict | None = N
   def dispatch(start):
     chunk = seeds[start:start + bs]
     padded = np.concatenate([chunk, np.full(bs - len(chunk), chunk[-1])])  # one static shape
-    return chunk, padded, rollout_fn(jnp.asarray(padded, jnp.int32))  # returns before it runs
+    return chunk, padded, rollout_fn(padded)  # returns before the rollout has run
 
   pending = dispatch(starts[0]) if starts else None
   for k, start in enumerate(starts):

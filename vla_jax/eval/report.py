@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")  # Headless: the report is written on machines without a display.
 import matplotlib.pyplot as plt
 
+from vla_jax.eval import intervals
+
 
 def plot_training_curve(history: Sequence[Mapping[str, float]],
                         evals: Sequence[tuple[int, float]], path: str) -> str:
@@ -35,12 +37,17 @@ def plot_training_curve(history: Sequence[Mapping[str, float]],
   return path
 
 
-def success_table(per_task: Mapping[str, tuple[int, int]], mean: float) -> str:
-  """Markdown table: task, successes / episodes, rate; then the mean over tasks."""
-  rows = ["| task | successes / episodes | success |", "|---|---|---|"]
+def success_table(per_task: Mapping[str, tuple[int, int]]) -> str:
+  """Markdown table: task, successes / episodes, rate and its 95% Wilson interval; then the mean
+  over tasks (the pooled rate: every task has the same episode count in an evaluation block)."""
+  rows = ["| task | successes / episodes | success | 95% interval |", "|---|---|---|---|"]
   for task, (s, n) in per_task.items():
-    rows.append(f"| {task} | {s} / {n} | {s / max(n, 1):.1%} |")
-  rows.append(f"| **mean over tasks** | | **{mean:.1%}** |")
+    low, high = intervals.wilson(s, n)
+    rows.append(f"| {task} | {s} / {n} | {s / n:.1%} | [{100 * low:.1f}, {100 * high:.1f}] |")
+  s_all, n_all = sum(s for s, _ in per_task.values()), sum(n for _, n in per_task.values())
+  low, high = intervals.wilson(s_all, n_all)
+  rows.append(f"| **mean over tasks** | {s_all} / {n_all} | **{s_all / n_all:.1%}** | "
+              f"[{100 * low:.1f}, {100 * high:.1f}] |")
   return "\n".join(rows)
 
 

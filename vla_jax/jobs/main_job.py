@@ -10,8 +10,12 @@ Every step is a library call so a notebook can run the same job piece by piece:
 3. :func:`build_policy` makes the policy of ``config.policy`` with the data's dimensions.
 4. ``trainer.train`` runs the one train loop; a callback evaluates closed-loop every
    ``config.eval.every`` steps (one compiled :class:`~vla_jax.eval.closed_loop.Evaluator`).
-5. The final evaluation (``config.eval.num_episodes_per_task`` per task, unseen seeds), rollout
-   GIFs per task and ``report.md``.
+5. The final evaluation (``config.eval.num_episodes_per_task`` per task on the ``test`` seed
+   block; periodic ones use ``dev``, see ``vla_jax.eval.seeds``), rollout GIFs per task and
+   ``report.md`` (every success rate with its episode count and 95% Wilson interval).
+
+:func:`vla_jax.jobs.checks.check_config` runs first: data, policy and env must agree on cameras,
+image size and history window before anything is built.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import numpy as np
 
 from vla_jax.data import collect, pipeline
 from vla_jax.envs import tabletop
-from vla_jax.eval import closed_loop, report, videos
+from vla_jax.eval import closed_loop, intervals, report, videos
+from vla_jax.jobs import checks
 from vla_jax.models import policy as policy_lib
 from vla_jax.tokenizers import fast, text
 from vla_jax.training import assets as assets_lib
@@ -113,6 +118,7 @@ def make_evaluator(config, policy, norm_stats, text_tokenizer,
   ``sample_options``: static head sampling options (e.g. ``{"noise_temperature": 0.0}`` for the
   flow head, ``{"num_steps": 5}``); default none (the head's configured defaults).
   """
+  checks.check_config(config)
   env = env or tabletop.make_env(config.collect.env)
   check_data_matches_env(norm_stats, env, f"dataset {config.data.datasets[DATASET].path}")
   return closed_loop.Evaluator(env, policy, norm_stats=norm_stats,
@@ -120,6 +126,7 @@ def make_evaluator(config, policy, norm_stats, text_tokenizer,
                                max_text_len=config.data.max_text_len,
                                batch_envs=config.eval.batch_envs,
                                camera_names=list(config.data.cameras),
+                               window=config.data.window,
                                replan_every=config.eval.replan_every,
                                sample_options=sample_options)
 
@@ -137,6 +144,7 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: st
                  print_fn: Callable = print) -> str:
   """Runs the whole job (see the module docstring); returns the path of ``report.md``."""
   t_start = time.time()
+  checks.check_config(config)
   n_cpu = mesh_lib.configure_cpu_devices(config.train.cpu_devices, config.train.batch_size)
   if n_cpu:
     print_fn(f"[main] host CPU split into {n_cpu} single-threaded XLA devices "
@@ -160,7 +168,7 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: st
       return  # The final evaluation below covers the last step with more episodes.
     res = evaluator(state.inference_params(),
                     num_episodes_per_task=config.eval.periodic_episodes_per_task,
-                    seed=config.eval.seed, print_fn=lambda *a, **k: None)
+                    block="dev", print_fn=lambda *a, **k: None)
     evals.append((step, res.mean_success))
     print_fn(f"[eval @ step {step}] {res.summary()}", flush=True)
 
@@ -188,9 +196,10 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: st
 
   t0 = time.time()
   params = result.state.inference_params()
-  print_fn(f"[eval] final: {config.eval.num_episodes_per_task} episodes per task", flush=True)
+  print_fn(f"[eval] final: {config.eval.num_episodes_per_task} episodes per task on the "
+           f"'{config.eval.block}' seed block", flush=True)
   final = evaluator(params, num_episodes_per_task=config.eval.num_episodes_per_task,
-                    seed=config.eval.seed, video_episodes=config.eval.video_episodes,
+                    block=config.eval.block, video_episodes=config.eval.video_episodes,
                     print_fn=print_fn)
   evals.append((result.step, final.mean_success))
   ms = evaluator.latency_ms(params)
@@ -211,18 +220,20 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: st
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(result.state.params))
   sections = [
       ("Summary",
-       (f"Head **{head}**, {n_params / 1e6:.2f}M parameters. Mean closed-loop success over tasks: "
-       f"**{final.mean_success:.1%}** ({len(final.success)} episodes, unseen seeds). "
+       (f"Head **{head}**, {n_params / 1e6:.2f}M parameters. Mean closed-loop success over tasks "
+       f"on the **{final.block}** seed block: **{intervals.format_rate(*final.totals)}** "
+       f"(95% Wilson interval, episodes). "
        f"Wall-clock: {total / 60:.1f} min in all (data {timings['data']:.0f} s, training "
        f"{timings['train']:.0f} s, final evaluation {timings['eval']:.0f} s).")),
       ("Data", _dataset_summary(data_path)),
       ("Training",
        f"{result.step} steps at global batch {config.train.batch_size}; final loss "
        f"{last.get('loss', float('nan')):.4g}.\n\n![training curve]({os.path.basename(curve)})\n\n"
-       + ("Periodic evaluation (step, mean success): "
-          + ", ".join(f"{s}: {v:.0%}" for s, v in evals) if evals else "")),
-      ("Closed-loop success (final)",
-       report.success_table(final.per_task, final.mean_success)
+       + (f"Periodic evaluation on the dev seed block "
+          f"({config.eval.periodic_episodes_per_task} episodes per task; step: mean success): "
+          + ", ".join(f"{s}: {v:.0%}" for s, v in evals[:-1]) if len(evals) > 1 else "")),
+      (f"Closed-loop success (final, {final.block} seed block)",
+       report.success_table(final.per_task)
        + f"\n\nEpisodes with an error flag (invalid/NaN action): {int(final.error.sum())}. "
        f"Rollouts: {final.seconds:.1f} s"
        + (f" after compilation ({final.compile_seconds:.1f} s for the first, compiling batch)."
