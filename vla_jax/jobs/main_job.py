@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from vla_jax.data import collect, pipeline
+from vla_jax.data import pipeline, tabletop_demos
 from vla_jax.envs import tabletop
 from vla_jax.eval import closed_loop, report, videos
 from vla_jax.models import policy as policy_lib
@@ -34,7 +34,7 @@ from vla_jax.training import assets as assets_lib
 from vla_jax.training import mesh as mesh_lib
 from vla_jax.training import trainer
 
-DATASET = collect.DATASET_NAME
+DATASET = tabletop_demos.DATASET_NAME
 TOKENIZER_DIR = "tokenizers"  # <workdir>/tokenizers/{text,action}: fitted once, reused on resume
 TOKEN_HEADS = ("ar", "discrete_diffusion")
 
@@ -46,7 +46,7 @@ def prepare_dataset(config: ml_collections.ConfigDict, print_fn: Callable = prin
     print_fn(f"[data] using {entry.path}", flush=True)
     return entry.path
   print_fn(f"[data] demonstrations in {config.data_root} (built on first use)", flush=True)
-  entry.path = collect.build_demo_dataset(config.collect, config.data_root)
+  entry.path = tabletop_demos.build_demo_dataset(config.collect, config.data_root)
   return entry.path
 
 
