@@ -168,7 +168,8 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: st
     it, _ = pipeline.make_train_iterator(
         config.data, text_tokenizer=text_tok, batch_size=local_batch_size,
         seed=config.train.seed, process_index=process_index, process_count=process_count,
-        start_step=start_step, norm_stats=stats_by_name)
+        start_step=start_step, norm_stats=stats_by_name, action_tokenizer=action_tok,
+        max_action_tokens=config.policy.ar.max_fast_tokens)  # FAST tokens: made on host
     return it
 
   tokenizers = {"text": text_tok}
