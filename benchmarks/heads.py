@@ -63,14 +63,7 @@ M * H-token suffix with a block-diagonal mask paid attention quadratic in M and 
 M = 8 on the same machine.
 """
 
-import os
-import sys
 import time
-
-# benchmarks/tokenizers.py would shadow the Hugging Face `tokenizers` package (imported by FAST)
-# when this folder is sys.path[0]; drop the folder before any import.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import jax
 import jax.numpy as jnp

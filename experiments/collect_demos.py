@@ -12,7 +12,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vla_jax.data import collect, rlds
+from vla_jax.data import rlds, tabletop_demos
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/collect_demos.py).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir the dataset is written into.")
@@ -28,7 +28,7 @@ def main(argv):
                "tasks %s)", c.num_train_episodes, c.num_validation_episodes, c.seed,
                c.batch_envs, c.env.tasks)
   t0 = time.time()
-  path = collect.build_demo_dataset(c, _DATA_DIR.value, overwrite=config.overwrite)
+  path = tabletop_demos.build_demo_dataset(c, _DATA_DIR.value, overwrite=config.overwrite)
   seconds = time.time() - t0
   logging.info("[2/2] Summary")
   info = rlds.open_builder(path).info

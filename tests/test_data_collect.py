@@ -4,6 +4,12 @@ The stand-in follows the env contract (reset/step/State/obs/info, experts as fun
 builder, the batched rollouts and the RLDS layout are tested without MJX compile times.
 """
 
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -12,7 +18,7 @@ import pytest
 import tensorflow as tf
 from flax import struct
 
-from vla_jax.data import collect, rlds
+from vla_jax.data import collect, rlds, tabletop_demos
 from vla_jax.data import standardize as std_lib
 
 
@@ -83,17 +89,17 @@ def _config():
 def built(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("demos"))
   env = _PointEnv()
-  path = collect.build_demo_dataset(_config(), data_dir, env=env, expert_fn=_expert)
+  path = tabletop_demos.build_demo_dataset(_config(), data_dir, env=env, expert_fn=_expert)
   return env, path, data_dir
 
 
 def test_cached_dataset_is_reused_only_for_the_same_config(built):
   env, path, data_dir = built
-  assert collect.build_demo_dataset(_config(), data_dir, env=env, expert_fn=_expert) == path
+  assert tabletop_demos.build_demo_dataset(_config(), data_dir, env=env, expert_fn=_expert) == path
   changed = _config()
   changed.noise_scale = 0.3
   with pytest.raises(ValueError, match=r"noise_scale: cached 0.0 != config 0.3"):
-    collect.build_demo_dataset(changed, data_dir, env=env, expert_fn=_expert)
+    tabletop_demos.build_demo_dataset(changed, data_dir, env=env, expert_fn=_expert)
 
 
 def test_clean_labels_record_the_noiseless_expert_along_the_noisy_path():
@@ -173,6 +179,42 @@ def test_demos_read_through_the_standard_reader(built):
   assert len(trajs) == 3
   img = tf.io.decode_image(trajs[0]["image/base"][0]).numpy()
   assert img.shape == (8, 8, 3) and trajs[0]["actions"].shape[1] == 3
+
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_package_alone_builds_the_demos_and_the_tfds_cli_finds_the_builder(tmp_path):
+  """What ``pip install .`` ships (the ``vla_jax`` package, no repository around it) must build
+  the demo dataset; the builder once lived in the repository's ``data/`` dir, loaded by a path
+  relative to ``collect.py``, so an installed package could not build the demos. The thin
+  ``data/tabletop_demos`` module must still give the TFDS CLI exactly one builder class."""
+  site = tmp_path / "site"
+  shutil.copytree(os.path.join(_REPO, "vla_jax"), site / "vla_jax",
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  script = textwrap.dedent(f"""
+      import sys
+      import vla_jax
+      assert vla_jax.__file__.startswith({str(site)!r}), vla_jax.__file__  # not the source tree
+      from vla_jax.data import tabletop_demos
+      sys.path.append({os.path.join(_REPO, "tests")!r})  # the stand-in env, after the package
+      import test_data_collect as t
+      path = tabletop_demos.build_demo_dataset(t._config(), {str(tmp_path / "tfds")!r},
+                                               env=t._PointEnv(), expert_fn=t._expert)
+      assert path.endswith("tabletop_demos/1.0.0"), path
+      import tensorflow_datasets as tfds
+      with tfds.core.utils.add_sys_path({os.path.join(_REPO, "data")!r}):
+        cls = tfds.core.community.builder_cls_from_module(
+            "tabletop_demos.tabletop_demos_dataset_builder")
+      assert issubclass(cls, tabletop_demos.Builder) and cls.name == "tabletop_demos", cls
+      print("OK", path)
+  """)
+  env = dict(os.environ, PYTHONPATH=str(site))
+  out = subprocess.run([sys.executable, "-c", script], cwd=str(site), env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and "OK " in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]
+  builder = rlds.open_builder(str(tmp_path / "tfds" / "tabletop_demos" / "1.0.0"))
+  assert builder.info.splits["train"].num_examples == 10
 
 
 def test_episode_length_cuts_after_success():

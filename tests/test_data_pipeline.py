@@ -5,12 +5,15 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from vla_jax.data import config as data_config_lib
 from vla_jax.data import normalization, pipeline, synthetic
+from vla_jax.models import policy as policy_lib
+from vla_jax.tokenizers import binning, fast
 
 VAL_LENS = [4, 3]
 TRAIN_LENS = [3, 5, 4, 6, 2, 7]
@@ -182,6 +185,54 @@ def test_nonfinite_episode_fails_in_the_pipeline_or_is_dropped(tmp_path):
                                       norm_stats=stats)
   with pytest.raises(RuntimeError, match=r"NaN or inf.*episode[\s\S]*\b1\b"):
     list(it)
+
+
+def test_fast_tokens_are_made_on_host_and_feed_the_ar_loss(paths):
+  """FAST tokenizes in the pipeline (as text does): the batch's tokens decode back to its own
+  actions, and the AR loss reads them, with no host callback left in the train step."""
+  c = _config(paths, horizon=4, image_size=16, norm_mode="quantile")
+  plain, _ = pipeline.make_train_iterator(c, text_tokenizer=_Tokenizer(), batch_size=8)
+  tok = fast.FastTokenizer(4, 4, scale=10.0, vocab_size=64).fit(
+      np.concatenate([next(plain)["actions"] for _ in range(4)]))
+  n = 24
+  it, _ = pipeline.make_train_iterator(c, text_tokenizer=_Tokenizer(), batch_size=8,
+                                       action_tokenizer=tok, max_action_tokens=n)
+  batch = next(it)
+  ids, mask = batch["action_tokens"], batch["action_token_mask"]
+  assert ids.shape == mask.shape == (8, n) and ids.dtype == np.int32 and mask.dtype == bool
+  lengths = mask.sum(1)
+  np.testing.assert_array_equal(mask, np.arange(n)[None] < lengths[:, None])  # a prefix
+  decoded, valid = tok.decode(ids, lengths)
+  assert valid.all()
+  # Scale 10 rounds each DCT coefficient to within 0.05; the inverse DCT spreads that over time.
+  err = np.abs(decoded - batch["actions"]).max(axis=(1, 2))
+  assert err.max() < 0.1, err
+  # Negative control: the same tokens against another row's actions are off.
+  assert (np.abs(decoded - np.roll(batch["actions"], 1, axis=0)).max(axis=(1, 2)) > 0.1).any()
+
+  pc = policy_lib.default_policy_config("ar")
+  pc.backbone.vit.update(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8,
+                         image_size=16, head_dim=32)
+  pc.backbone.llm.update(width=32, depth=1, mlp_dim=64, num_heads=2, num_kv_heads=1,
+                         head_dim=16)
+  pc.ar.update(tokenizer="fast", max_fast_tokens=n)
+  pol = policy_lib.make_policy(pc, action_dim=4, action_horizon=4, state_dim=6,
+                               text_vocab_size=128, action_tokenizer=tok)
+  params = jax.jit(pol.init)(jax.random.key(0), batch)  # Eager init takes ~10x longer.
+  loss_fn = jax.jit(lambda b: pol.loss(params, b, jax.random.key(1))[0])
+  loss = float(loss_fn(batch))
+  assert np.isfinite(loss)
+  swapped = dict(batch, action_tokens=np.roll(ids, 1, 0), action_token_mask=np.roll(mask, 1, 0))
+  assert float(loss_fn(swapped)) != loss  # The loss reads the batch's tokens.
+  obs = {k: v for k, v in batch.items() if not k.startswith("action")}
+  assert "pure_callback" not in str(jax.make_jaxpr(pol.loss)(params, batch, jax.random.key(1)))
+  assert "pure_callback" in str(jax.make_jaxpr(pol.sample)(params, obs, jax.random.key(1)))
+  with pytest.raises(KeyError, match=r"lacks \['action_tokens', 'action_token_mask'\]"):
+    pol.loss(params, {k: v for k, v in batch.items() if k not in ("action_tokens",
+                                                                   "action_token_mask")},
+             jax.random.key(1))
+  with pytest.raises(TypeError, match="must be a fitted FastTokenizer"):
+    pipeline.action_token_batch(binning.BinningTokenizer.uniform(4, 64), batch["actions"], n)
 
 
 def test_instruction_corpus_scans_language(paths):

@@ -7,12 +7,15 @@ image and the instruction (a head ignoring either would average two modes). Micr
 ViT 1 x 32 over 16 x 16 images (4 tokens), Gemma 2 x 32, action expert width 16.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from vla_jax.data import pipeline
 from vla_jax.models import policy as policy_lib
 from vla_jax.models.heads import action_tokens, synthetic
 from vla_jax.tokenizers import fast
@@ -27,6 +30,7 @@ TOLERANCE = {"flow": 0.1, "diffusion": 0.1, "ar": 0.05, "discrete_diffusion": 0.
 HEADS = (*policy_lib.HEADS, "ar_fast")
 
 
+@functools.cache
 def fast_tokenizer():
   """FAST fitted on the four target chunks plus smooth random ones (vocabulary 64)."""
   _, _, targets = synthetic.multimodal_batch(horizon=H, action_dim=D, state_dim=S, modes=1)
@@ -94,6 +98,9 @@ def train(head, data, key="unimodal"):
   if (head, key) in _TRAINED:
     return _TRAINED[head, key]
   batch = data[0]
+  if head == "ar_fast":  # FAST tokens come with the batch from the host (as the pipeline does).
+    batch = {**batch, **jax.tree.map(jnp.asarray, pipeline.action_token_batch(
+        fast_tokenizer(), np.asarray(batch["actions"]), H * D))}
   pol, opt, run, _ = policy_and_trainer(head)
   params = jax.jit(pol.init)(jax.random.key(0), batch)
   opt_state = opt.init(params)

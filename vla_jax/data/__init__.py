@@ -3,7 +3,8 @@
 Modules (each one job):
   rlds_features     TFDS feature specs: our demos, bridge_dataset, fractal20220817_data
   synthetic         small synthetic RLDS datasets with those structures (tests, benchmarks)
-  collect           batched scripted-expert rollouts -> RLDS episodes; build_demo_dataset
+  collect           batched scripted-expert rollouts -> RLDS episodes
+  tabletop_demos    the demo dataset's TFDS builder; build_demo_dataset
   rlds              open a local TFDS dir; per-process shard of standardized trajectories
   standardize       registry: dataset keys -> canonical image/<cam>, state, actions, language
   normalization     stats layout, normalize / unnormalize (zscore | quantile), JSON cache

@@ -2,9 +2,8 @@
 
 :func:`rollout_batch` runs ``N`` episodes at once (``jit(vmap(reset + lax.scan(expert, step)))``,
 one compilation for every batch of the same size) and returns numpy arrays; :func:`episodes`
-turns a split's rollouts into TFDS-encodable RLDS episodes; :func:`build_demo_dataset` writes the
-``tabletop_demos`` dataset (train + validation) through the TFDS builder in
-``data/tabletop_demos``.
+turns a split's rollouts into TFDS-encodable RLDS episodes, which the ``tabletop_demos`` TFDS
+builder (:mod:`vla_jax.data.tabletop_demos`) writes.
 
 Episode ``i`` of a split is reset from ``jax.random.PRNGKey(seed)`` with ``seed = base + i``
 (``base`` = config seed for train, + 10_000_000 for validation), so every episode can be replayed
@@ -18,11 +17,6 @@ horizon when it never succeeds (dropped unless ``keep_failures``).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import json
-import os
-import sys
-import time
 from collections.abc import Iterator
 
 import jax
@@ -34,9 +28,6 @@ import tqdm
 from vla_jax.data import rlds_features
 
 VALIDATION_SEED_OFFSET = 10_000_000
-DATASET_NAME = "tabletop_demos"
-_BUILDER_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "data", DATASET_NAME, f"{DATASET_NAME}_dataset_builder.py")
 
 
 def default_collect_config() -> ml_collections.ConfigDict:
@@ -248,82 +239,3 @@ def episodes(collect_config, split: str, env, rollout_fn, stats: dict | None = N
       kept += 1
     bar.update(len(chunk))
   bar.close()
-
-
-def load_builder_module():
-  """Imports ``data/tabletop_demos/tabletop_demos_dataset_builder.py`` (once per process)."""
-  mod_name = f"{DATASET_NAME}_dataset_builder"
-  if mod_name in sys.modules:
-    return sys.modules[mod_name]
-  if not os.path.exists(_BUILDER_FILE):
-    raise FileNotFoundError(f"TFDS builder not found at {_BUILDER_FILE} (run from a source "
-                            "checkout: the builder lives in the repository's data/ directory)")
-  spec = importlib.util.spec_from_file_location(mod_name, _BUILDER_FILE)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[mod_name] = module
-  spec.loader.exec_module(module)
-  return module
-
-
-def build_demo_dataset(collect_config, data_dir: str, *, overwrite: bool = False, env=None,
-                       expert_fn=None) -> str:
-  """Builds ``tabletop_demos`` into ``data_dir`` (if absent) and returns its version directory.
-
-  Args:
-    collect_config: :func:`default_collect_config`-like ConfigDict.
-    data_dir: TFDS data dir; the dataset lands in ``data_dir/tabletop_demos/<version>``.
-    overwrite: rebuild even if a finished dataset is there.
-    env, expert_fn: stand-ins for the MJX suite and its experts (default: the real ones).
-
-  Returns:
-    The version directory, e.g. ``data_dir/tabletop_demos/1.0.0`` (pass it as
-    ``config.data.datasets.tabletop_demos.path``).
-  """
-  module = load_builder_module()
-  builder = module.Builder(data_dir=data_dir, collect_config=collect_config, env=env,
-                           expert_fn=expert_fn)
-  path = os.fspath(builder.data_path)
-  if builder.is_prepared() and not overwrite:
-    _check_same_collect_config(path, collect_config)
-    print(f"{DATASET_NAME}: already built at {path}")
-    return path
-  if overwrite and os.path.exists(path):
-    import shutil  # pylint: disable=g-import-not-at-top
-    shutil.rmtree(path)
-    builder = module.Builder(data_dir=data_dir, collect_config=collect_config, env=env,
-                           expert_fn=expert_fn)
-  t0 = time.time()
-  builder.download_and_prepare(file_format="tfrecord")
-  print(f"{DATASET_NAME}: built at {path} in {time.time() - t0:.1f} s; "
-        f"episodes: { {s: v.num_examples for s, v in builder.info.splits.items()} }")
-  return path
-
-
-def _check_same_collect_config(path: str, collect_config) -> None:
-  """Raises ValueError when a cached dataset was collected with another config (names the keys).
-
-  A cache hit must mean "the same demonstrations": a changed env (horizon, image size, tasks...)
-  or collection setting silently reusing old episodes would train on the wrong data.
-  """
-  from vla_jax.data import rlds  # pylint: disable=g-import-not-at-top
-  meta = rlds.open_builder(path).info.metadata or {}
-  saved = meta.get("collect_config")
-  if saved is None:
-    return  # Built by an older builder without the record; nothing to compare.
-  want, have = _flatten(json.loads(json.dumps(collect_config.to_dict()))), _flatten(dict(saved))
-  diffs = [f"{k}: cached {have.get(k)!r} != config {want.get(k)!r}"
-           for k in sorted(set(want) | set(have)) if have.get(k) != want.get(k)]
-  if diffs:
-    raise ValueError(f"{DATASET_NAME} at {path} was collected with a different config ("
-                     + "; ".join(diffs) + "). Use another data dir, or rebuild with overwrite.")
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  """``{"a": {"b": 1}} -> {"a.b": 1}``."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out

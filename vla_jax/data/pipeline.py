@@ -7,12 +7,16 @@ Order of operations (per dataset, then for the mixture)::
   episodes] -> [goal relabeling] -> history window + action chunks -> split into steps
   == mixture: sample_from_datasets(weights) -> [train: shuffle steps] -> [skip start_step batches]
   -> decode + resize (+ crop/colour augmentation in training) -> batch -> text tokens (host)
+  -> [FAST action tokens (host)]
 
 Host batch (B = per-process batch size), the project's batch contract:
   ``image/<cam>`` uint8 [B, T, H, W, 3], ``obs_mask`` bool [B, T], ``state`` f32 [B, T, S],
   ``actions`` f32 [B, H, D], ``action_mask`` bool [B, H], ``text_tokens`` int32 [B, L],
   ``text_mask`` bool [B, L]; with goal relabeling also ``goal/image/<cam>`` uint8 [B, H, W, 3]
-  and ``goal/state`` f32 [B, S].
+  and ``goal/state`` f32 [B, S]; with an action tokenizer (FAST, whose BPE runs in Python) also
+  ``action_tokens`` int32 [B, n] (the tokenizer's ids of ``actions``, 0 after each sequence) and
+  ``action_token_mask`` bool [B, n] (True on each sequence's tokens, a prefix of the row), ``n`` =
+  ``max_action_tokens``. Token heads read them instead of tokenizing inside the jitted step.
 
 Determinism and resuming: every random choice (episode/step shuffles, mixture sampling, goal
 draws, augmentations) is seeded from ``seed``, and tf.data runs with deterministic order, so the
@@ -36,6 +40,7 @@ from vla_jax.data import (
   traj_transforms,
 )
 from vla_jax.data import standardize as std_lib
+from vla_jax.tokenizers import fast
 
 # The trainer owns the accelerators: the input pipeline must never grab a GPU.
 tf.config.set_visible_devices([], "GPU")
@@ -219,20 +224,51 @@ def make_dataset(data_config, *, train: bool, batch_size: int, seed: int = 0,
   return ds.with_options(options), norm_stats
 
 
+def action_token_batch(action_tokenizer: fast.FastTokenizer, actions: np.ndarray,
+                       max_len: int) -> dict[str, np.ndarray]:
+  """FAST tokens of normalized action chunks, on host (the BPE runs in Python).
+
+  Args:
+    action_tokenizer: a fitted ``FastTokenizer`` (for ``actions``' H and D).
+    actions: float32 [B, H, D] normalized action chunks (the batch's ``actions``).
+    max_len: n, token slots per chunk (the AR head's ``max_tokens``, ``ar.max_fast_tokens``).
+
+  Returns:
+    ``{"action_tokens": int32 [B, n] (0 after each sequence), "action_token_mask": bool [B, n]}``.
+
+  Raises:
+    TypeError: not a FastTokenizer (binning tokenizes inside the step: pure jnp).
+    ValueError: from ``FastTokenizer.encode``, naming the chunk that needs more than ``max_len``
+      tokens or has a coefficient outside the fitted range.
+  """
+  if not isinstance(action_tokenizer, fast.FastTokenizer):
+    raise TypeError("pipeline: action_tokenizer must be a fitted FastTokenizer (binning "
+                    f"tokenizes inside the train step), got {type(action_tokenizer).__name__}")
+  ids, lengths = action_tokenizer.encode(np.asarray(actions, np.float32), max_len=max_len)
+  mask = np.arange(max_len)[None, :] < np.asarray(lengths)[:, None]
+  return {"action_tokens": np.asarray(ids, np.int32), "action_token_mask": mask}
+
+
 class HostIterator:
   """Iterates numpy host batches; tokenizes ``language_instruction`` with the text tokenizer.
 
   Adds ``text_tokens`` int32 [B, L] and ``text_mask`` bool [B, L]; drops the strings unless the
-  pipeline was built with ``include_meta``. Read errors name the datasets.
+  pipeline was built with ``include_meta``. With an ``action_tokenizer`` also adds
+  ``action_tokens`` / ``action_token_mask`` [B, n] (:func:`action_token_batch`). Read errors name
+  the datasets.
   """
 
   def __init__(self, ds: tf.data.Dataset, text_tokenizer, max_text_len: int, what: str,
-               keep_strings: bool = False):
+               keep_strings: bool = False, action_tokenizer=None, max_action_tokens: int = 0):
     self._it = rlds.iterate_numpy(ds, what)
     self._tok = text_tokenizer
     self._len = max_text_len
     self._keep = keep_strings
     self._cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+    if action_tokenizer is not None and max_action_tokens <= 0:
+      raise ValueError(f"pipeline: an action_tokenizer needs max_action_tokens > 0 (token slots "
+                       f"per chunk), got {max_action_tokens}")
+    self._action_tok, self._action_len = action_tokenizer, max_action_tokens
 
   def _tokens(self, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     new = [t for t in dict.fromkeys(texts.tolist()) if t not in self._cache]
@@ -250,6 +286,8 @@ class HostIterator:
   def __next__(self) -> dict[str, np.ndarray]:
     batch = next(self._it)
     batch["text_tokens"], batch["text_mask"] = self._tokens(batch["language_instruction"])
+    if self._action_tok is not None:
+      batch.update(action_token_batch(self._action_tok, batch["actions"], self._action_len))
     if not self._keep:
       del batch["language_instruction"]
     return batch
@@ -261,30 +299,37 @@ def _describe(data_config) -> str:
 
 def make_train_iterator(data_config, *, text_tokenizer, batch_size: int, seed: int = 0,
                         process_index: int = 0, process_count: int = 1, start_step: int = 0,
-                        norm_stats: dict | None = None, include_meta: bool = False
+                        norm_stats: dict | None = None, include_meta: bool = False,
+                        action_tokenizer=None, max_action_tokens: int = 0
                         ) -> tuple[HostIterator, dict[str, dict]]:
   """Infinite iterator of host numpy batches for training, and the norm stats by dataset.
 
   ``start_step=k`` resumes the data order after k consumed batches (same seed and config).
-  See :func:`make_dataset` for the arguments and the module docstring for the batch layout.
+  ``action_tokenizer`` (a fitted ``FastTokenizer``) with ``max_action_tokens`` n adds the FAST
+  tokens of every batch's ``actions`` (:func:`action_token_batch`); the AR head needs them.
+  See :func:`make_dataset` for the other arguments and the module docstring for the batch layout.
   """
   ds, stats = make_dataset(data_config, train=True, batch_size=batch_size, seed=seed,
                            process_index=process_index, process_count=process_count,
                            start_step=start_step, norm_stats=norm_stats, include_meta=include_meta)
   it = HostIterator(ds, text_tokenizer, data_config.max_text_len, _describe(data_config),
-                    keep_strings=include_meta)
+                    keep_strings=include_meta, action_tokenizer=action_tokenizer,
+                    max_action_tokens=max_action_tokens)
   return it, stats
 
 
 def make_eval_iterator(data_config, *, text_tokenizer, batch_size: int, process_index: int = 0,
                        process_count: int = 1, norm_stats: dict | None = None,
-                       include_meta: bool = False) -> tuple[HostIterator, dict[str, dict]]:
-  """One ordered pass over the ``eval_split`` of every dataset (no augmentation)."""
+                       include_meta: bool = False, action_tokenizer=None,
+                       max_action_tokens: int = 0) -> tuple[HostIterator, dict[str, dict]]:
+  """One ordered pass over the ``eval_split`` of every dataset (no augmentation); the action
+  tokenizer as in :func:`make_train_iterator`."""
   ds, stats = make_dataset(data_config, train=False, batch_size=batch_size,
                            process_index=process_index, process_count=process_count,
                            norm_stats=norm_stats, include_meta=include_meta)
   it = HostIterator(ds, text_tokenizer, data_config.max_text_len, _describe(data_config),
-                    keep_strings=include_meta)
+                    keep_strings=include_meta, action_tokenizer=action_tokenizer,
+                    max_action_tokens=max_action_tokens)
   return it, stats
 
 

@@ -29,7 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from vla_jax.data import collect, pipeline
+from vla_jax.data import pipeline, tabletop_demos
 from vla_jax.envs import tabletop
 from vla_jax.eval import closed_loop, intervals, report, videos
 from vla_jax.jobs import checks
@@ -39,7 +39,7 @@ from vla_jax.training import assets as assets_lib
 from vla_jax.training import mesh as mesh_lib
 from vla_jax.training import trainer
 
-DATASET = collect.DATASET_NAME
+DATASET = tabletop_demos.DATASET_NAME
 TOKENIZER_DIR = "tokenizers"  # <workdir>/tokenizers/{text,action}: fitted once, reused on resume
 TOKEN_HEADS = ("ar", "discrete_diffusion")
 
@@ -51,7 +51,7 @@ def prepare_dataset(config: ml_collections.ConfigDict, print_fn: Callable = prin
     print_fn(f"[data] using {entry.path}", flush=True)
     return entry.path
   print_fn(f"[data] demonstrations in {config.data_root} (built on first use)", flush=True)
-  entry.path = collect.build_demo_dataset(config.collect, config.data_root)
+  entry.path = tabletop_demos.build_demo_dataset(config.collect, config.data_root)
   return entry.path
 
 
@@ -176,7 +176,8 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: st
     it, _ = pipeline.make_train_iterator(
         config.data, text_tokenizer=text_tok, batch_size=local_batch_size,
         seed=config.train.seed, process_index=process_index, process_count=process_count,
-        start_step=start_step, norm_stats=stats_by_name)
+        start_step=start_step, norm_stats=stats_by_name, action_tokenizer=action_tok,
+        max_action_tokens=config.policy.ar.max_fast_tokens)  # FAST tokens: made on host
     return it
 
   tokenizers = {"text": text_tok}

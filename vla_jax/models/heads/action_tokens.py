@@ -7,10 +7,13 @@ diffusion: MASK) sit right before them. With ``vocab_size = 0`` the LM vocabular
 ``text_vocab_size + specials + N`` (a backbone trained from scratch); a given ``vocab_size`` (a
 pretrained LM) must leave the text ids below the special ids.
 
-Tokenizers inside ``jit``: the binning tokenizer is pure ``jax.numpy``. FAST's BPE runs on host, so
-:func:`encode_chunks` / :func:`decode_ids` wrap it in ``jax.pure_callback`` with static shapes:
-encode pads to ``max_len`` (a chunk needing more tokens raises, naming it), decode returns the
-actions with a validity mask (invalid rows are NaN, never zeros).
+Tokenizers and ``jit``: the binning tokenizer is pure ``jax.numpy`` and encodes inside the train
+step (:func:`encode_chunks`). FAST's BPE runs in Python, so it encodes on host in the input
+pipeline, as text does (``vla_jax.data.pipeline.action_token_batch``: ``action_tokens`` /
+``action_token_mask`` in the batch), never inside the train step. Decoding sampled ids
+(:func:`decode_ids`) is on the sampling path, not the train step: for FAST it is a
+``jax.pure_callback`` with static shapes, returning the actions with a validity mask (invalid rows
+are NaN, never zeros), so ``sample`` stays jit-able end to end.
 """
 
 from __future__ import annotations
@@ -89,31 +92,28 @@ def max_tokens(tokenizer: ActionTokenizer, horizon: int, max_fast_tokens: int) -
 
 
 def encode_chunks(tokenizer: ActionTokenizer, actions: Array, max_len: int) -> tuple[Array, Array]:
-  """Action chunks float [B, H, D] -> ``(ids int32 [B, max_len], lengths int32 [B])`` in jit.
+  """Binning: action chunks float [B, H, D] -> ``(ids int32 [B, H * D], lengths int32 [B])``
+  inside jit (``max_len = H * D`` tokens, all valid).
 
-  Binning: ``max_len = H * D`` tokens, all valid. FAST: a host callback; padding id 0 after each
-  sequence (masked by ``lengths``).
+  FAST is refused (TypeError): its tokens come from the input pipeline
+  (``vla_jax.data.pipeline.action_token_batch``), not from a host callback inside the step.
   """
-  if isinstance(tokenizer, binning.BinningTokenizer):
-    ids = tokenizer.encode(actions)
-    if ids.shape[1] != max_len:
-      raise ValueError(f"encode_chunks: binning gives {ids.shape[1]} tokens, expected {max_len}")
-    return ids, jnp.full((ids.shape[0],), max_len, jnp.int32)
-  b = actions.shape[0]
-
-  def host_encode(a):
-    ids, lengths = tokenizer.encode(np.asarray(a), max_len=max_len)
-    return ids.astype(np.int32), lengths.astype(np.int32)
-
-  out = (jax.ShapeDtypeStruct((b, max_len), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32))
-  return jax.pure_callback(host_encode, out, actions.astype(jnp.float32),
-                           vmap_method="sequential")
+  if not isinstance(tokenizer, binning.BinningTokenizer):
+    raise TypeError(f"encode_chunks: {type(tokenizer).__name__} does not encode inside jit; FAST "
+                    "tokens are made on host by the input pipeline (batch['action_tokens'])")
+  ids = tokenizer.encode(actions)
+  if ids.shape[1] != max_len:
+    raise ValueError(f"encode_chunks: binning gives {ids.shape[1]} tokens, expected {max_len}")
+  return ids, jnp.full((ids.shape[0],), max_len, jnp.int32)
 
 
 def decode_ids(tokenizer: ActionTokenizer, ids: Array, lengths: Array, horizon: int,
                action_dim: int) -> tuple[Array, Array]:
   """``ids int32 [B, L]`` (action ids; -1 = not an action token) and ``lengths int32 [B]`` ->
   ``(actions float32 [B, H, D], valid bool [B])`` in jit; invalid rows are NaN.
+
+  FAST decodes in a ``jax.pure_callback`` (host BPE): fine on the sampling path; the train step
+  never decodes.
 
   Binning: valid iff the first H * D tokens are all action ids (``lengths >= H * D``). FAST: the
   host BPE decode's validity (exactly H x D coefficients), also False for a sequence containing a

@@ -8,6 +8,12 @@ never on the prefix. ``n`` is H * D for binning (steps past the episode end, ``a
 False, are left out of the loss) and the FAST sequence length (at most ``max_fast_tokens``; FAST
 codes a whole chunk, so padded steps stay in its target). Ids: see :mod:`.action_tokens`.
 
+Where the tokens come from: binning encodes ``batch["actions"]`` inside the step (pure jnp). FAST's
+BPE runs in Python, so its tokens come with the batch from the input pipeline (as text tokens do):
+``action_tokens`` int32 [B, n] (tokenizer ids, 0 after the sequence) and ``action_token_mask`` bool
+[B, n] (True on the sequence, a prefix), n = ``max_tokens``
+(``vla_jax.data.pipeline.action_token_batch``); ``loss`` raises a KeyError naming them if absent.
+
 Decoding (:meth:`ARHead.sample`) in ``lax.while_loop``: the prefix runs once into a KV cache that
 is extended to ``P + n + 1`` slots; every iteration feeds one token (append mode), takes the
 logits of the action block and EOS only (a design choice: other ids can never decode), picks
@@ -18,8 +24,9 @@ reference (same tokens) and the benchmark's baseline.
 
 Validity: ``sample`` returns ``valid`` bool [B]; a binning sequence with fewer than H * D action
 tokens, or a FAST sequence that does not decode to H x D coefficients (or never emitted EOS) is
-invalid and its actions are NaN (never zeros). FAST's BPE encode/decode run on host through
-``jax.pure_callback``, so ``loss`` and ``sample`` stay jit-able end to end.
+invalid and its actions are NaN (never zeros). FAST's decode at sampling runs on host through a
+``jax.pure_callback`` (sampling path only; the train step has no callback), so ``sample`` stays
+jit-able end to end.
 """
 
 from __future__ import annotations
@@ -94,9 +101,28 @@ class ARHead:
   max_tokens: int
   temperature: float = 0.0
 
+  def _action_ids(self, batch) -> tuple[Array, Array]:
+    """``(ids int32 [B, n], lengths int32 [B])``: binning encodes in-graph, FAST reads the
+    pipeline's host tokens (see the module docstring)."""
+    if isinstance(self.tokenizer, action_tokens.binning.BinningTokenizer):
+      return action_tokens.encode_chunks(self.tokenizer, batch["actions"], self.max_tokens)
+    missing = [k for k in ("action_tokens", "action_token_mask") if k not in batch]
+    if missing:
+      raise KeyError(f"ARHead.loss: the batch lacks {missing}. FAST tokenizes on host: build the "
+                     "data iterator with action_tokenizer=<the FastTokenizer> and "
+                     f"max_action_tokens={self.max_tokens} (vla_jax.data.pipeline)")
+    ids, mask = batch["action_tokens"], batch["action_token_mask"]
+    b = batch["actions"].shape[0]
+    if ids.shape != (b, self.max_tokens) or mask.shape != ids.shape:
+      raise ValueError(f"ARHead.loss: 'action_tokens' {tuple(ids.shape)} and "
+                       f"'action_token_mask' {tuple(mask.shape)} must be [B={b}, "
+                       f"max_tokens={self.max_tokens}] (pipeline max_action_tokens = "
+                       "policy ar.max_fast_tokens)")
+    return ids.astype(jnp.int32), jnp.sum(mask, axis=1, dtype=jnp.int32)
+
   def _inputs_targets(self, batch):
     """``(inputs [B, n+1], targets [B, n+1], weights float [B, n+1])`` in LM ids."""
-    ids, lengths = action_tokens.encode_chunks(self.tokenizer, batch["actions"], self.max_tokens)
+    ids, lengths = self._action_ids(batch)
     b, n = ids.shape
     lm = self.layout.to_lm(ids)
     boa, eos = self.layout.special(BOA), self.layout.special(EOS)

@@ -1,6 +1,6 @@
 """Action tokenizers: tokens per chunk, round-trip error and speed of binning vs FAST.
 
-  PYTHONPATH=. python benchmarks/tokenizers.py
+  PYTHONPATH=. python benchmarks/action_tokenizers.py
 
 For 1-second chunks of smooth 7-D trajectories (vla_jax.tokenizers.synthetic) at 10 Hz and 50 Hz:
 mean tokens per chunk of per-dimension binning (256 uniform bins) and of FAST (scale 10, BPE
@@ -10,14 +10,7 @@ the default device; FAST: host numpy + Rust BPE). Pertsch et al. 2025 report 2-1
 for FAST than for binning, growing with the control rate. Runs in well under 2 minutes on CPU.
 """
 
-import os
-import sys
 import time
-
-# This file shares its name with the Hugging Face `tokenizers` package; run as a script, its
-# folder is sys.path[0] and would shadow that package, so drop the folder before any import.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import jax
 from absl import app, flags
