@@ -16,6 +16,13 @@ the parameter count, per-device memory from XLA's memory analysis and the compil
 Args (``configs/vla_paligemma_3b.py:key=value,...``): head (flow | diffusion | ar |
 discrete_diffusion), batch_size (global), data / fsdp (mesh axis sizes; data * fsdp devices).
 
+Pretrained weights (any config): ``--config.policy.init_from=<dir or .safetensors of a Hugging
+Face PaliGemma, or a big_vision .npz>`` loads the backbone at step 0 (the heads and the action
+expert stay random); ``--config.train.trainable='<regex>'`` trains only the matching parameter
+paths (``vla_jax.models.policy.FREEZE_BACKBONE`` freezes the loaded backbone). The embedding must
+have the checkpoint's rows: set ``policy.vocab_size`` to them (big_vision's PaliGemma has 257152;
+a mismatch fails naming ``llm/embedder/embedding`` with both shapes).
+
 Expected (head=flow, batch 8, 8 simulated CPU devices, f32 AdamW; measured on 2 shared cores):
 3.238B parameters (backbone 2.923B + head 314.6M), per device state 4.52 GiB, temporaries
 3.02 GiB, peak 7.54 GiB; about 1 minute to compile (details in experiments/compile_check.py).

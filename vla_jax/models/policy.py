@@ -21,6 +21,12 @@ tokens). See ``vla_jax/models/heads/*`` for each head's design.
 
 Build with :func:`make_policy` from :func:`default_policy_config` (embed it in a run config as
 ``config.policy``).
+
+Pretrained backbone: ``policy.init_from`` names a checkpoint (Hugging Face PaliGemma / SigLIP /
+Gemma safetensors, or a big_vision ``.npz``) whose weights replace the random init of the VLM
+(``backbone/vlm/...``) when a run starts from step 0 (:meth:`Policy.pretrained_params`, called by
+the trainer); heads, the state projection and the flow head's expert keep their random init.
+:data:`FREEZE_BACKBONE` is the ``train.trainable`` pattern that then trains only those.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from vla_jax.models import gemma, vlm
+from vla_jax.models import gemma, vlm, weights
 from vla_jax.models.heads import action_tokens
 from vla_jax.models.heads import autoregressive as ar_lib
 from vla_jax.models.heads import diffusion as diffusion_lib
@@ -59,6 +65,15 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
       value, or 0 = off for z-score-normalized actions).
     ar: tokenizer ("binning" | "fast"), num_bins, max_fast_tokens, temperature (0 = greedy).
     discrete_diffusion: num_bins, rounds (12), temperature, remask_threshold.
+    init_from: a pretrained backbone to start from ("" = random init): a Hugging Face
+      ``PaliGemmaForConditionalGeneration`` / ``SiglipVisionModel`` / ``GemmaForCausalLM``
+      ``.safetensors`` file or directory, or a big_vision ``.npz``. Loaded into ``backbone/vlm``
+      before the first step of a new run (a resumed run keeps its trained weights); the
+      backbone config (and ``vocab_size`` for the LM embedding) must match its shapes, or a
+      ``CheckpointMismatchError`` names each parameter with both shapes.
+    init_from_format: "hf" | "big_vision"; "" = from the suffix (.safetensors / .npz).
+    init_from_kind: "paligemma" (ViT + projection + LM) | "siglip" (ViT) | "gemma" (LM);
+      "" = from the checkpoint's tensor names.
   """
   if head not in HEADS:
     raise KeyError(f"Unknown head '{head}'; known: {list(HEADS)}")
@@ -75,6 +90,9 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
              "temperature": 0.0},
       "discrete_diffusion": {"num_bins": 256, "rounds": 12, "temperature": 0.0,
                              "remask_threshold": 0.5},
+      "init_from": "",
+      "init_from_format": "",
+      "init_from_kind": "",
   })
 
 
@@ -88,6 +106,7 @@ class Policy:
     config: the policy config it was built from.
     action_dim, action_horizon, state_dim: D, H, S.
     action_tokenizer: the token heads' tokenizer (None for continuous heads).
+    backbone_config: the VLM shape the head was built with (the LM vocabulary included).
   """
 
   head: Any
@@ -96,6 +115,7 @@ class Policy:
   action_horizon: int
   state_dim: int
   action_tokenizer: Any = None
+  backbone_config: vlm.VLMConfig | None = None
 
   def init(self, rng: jax.Array, example_batch: dict) -> Any:
     """Params pytree for a batch-contract example batch (only shapes matter)."""
@@ -113,6 +133,50 @@ class Policy:
   def sample_actions(self, params: Any, observation: dict, rng: jax.Array) -> jax.Array:
     """float32 [B, H, D] normalized action chunks (NaN rows where a token head failed)."""
     return self.head.sample(params, observation, rng)["actions"]
+
+  def pretrained_params(self, abstract_params: Any) -> tuple[dict[str, np.ndarray], str] | None:
+    """The backbone of ``config.init_from`` as initial values (None when it is "").
+
+    Args:
+      abstract_params: this policy's params (arrays or ShapeDtypeStructs); every loaded array
+        must exist there with the same shape.
+
+    Returns:
+      ``({"backbone/vlm/...": float32 numpy array}, description)``: host arrays keyed by
+      ``/``-joined param path, and what was loaded from where (format, kind, path).
+
+    Raises:
+      FileNotFoundError / ValueError / weights.CheckpointMismatchError: naming the config key,
+        the file and, for shapes, each parameter with the checkpoint's and the policy's shape.
+    """
+    path = self.config.get("init_from", "")
+    if not path:
+      return None
+    key = "policy.init_from"
+    try:
+      loaded = weights.load_backbone(path, self.backbone_config,
+                                     fmt=self.config.get("init_from_format", ""),
+                                     kind=self.config.get("init_from_kind", ""))
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f"{key}={path!r}: {e}") from None
+    except weights.CheckpointMismatchError as e:
+      raise weights.CheckpointMismatchError(
+          f"{key}: {e}. The policy's parameters are under backbone/vlm/ with shapes from "
+          "policy.backbone (and policy.vocab_size for llm/embedder/embedding)") from None
+    except ValueError as e:
+      raise ValueError(f"{key}={path!r}: {e} (policy.init_from_format / "
+                       "policy.init_from_kind)") from None
+    flat = {f"backbone/vlm/{k}": v for k, v in weights.flatten(loaded.params).items()}
+    want = weights.flatten(abstract_params)
+    bad = [f"{k}: checkpoint {tuple(v.shape)} vs policy "
+           f"{tuple(want[k].shape) if k in want else 'absent'}"
+           for k, v in flat.items() if k not in want or tuple(want[k].shape) != v.shape]
+    if bad:
+      raise weights.CheckpointMismatchError(f"{key}={path!r}: loaded arrays that do not fit "
+                                            f"the policy: {bad}")
+    ignored = f"; ignored {len(loaded.ignored)} tensors ({loaded.ignored[:3]}...)" if (
+        loaded.ignored) else ""
+    return flat, f"{loaded.fmt} {loaded.kind} checkpoint {loaded.path} ({key}){ignored}"
 
 
 def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_horizon: int,
@@ -155,7 +219,7 @@ def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_ho
           hc.num_train_steps)
       h = diffusion_lib.DiffusionHead(module, hc.sampler, hc.num_steps, hc.num_noise_samples,
                                       hc.clip_sample)
-    return Policy(head=h, **common_kw)
+    return Policy(head=h, backbone_config=bb, **common_kw)
 
   kind = hc.tokenizer if head == "ar" else "binning"
   if kind not in ("binning", "fast"):
@@ -185,7 +249,7 @@ def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_ho
     module = dd_lib.DiscreteDiffusionModule(bb, state_dim, layout.action_start, tok.num_bins)
     h = dd_lib.DiscreteDiffusionHead(module, tok, layout, action_horizon, action_dim, hc.rounds,
                                      hc.temperature, hc.remask_threshold)
-  return Policy(head=h, action_tokenizer=tok, **common_kw)
+  return Policy(head=h, action_tokenizer=tok, backbone_config=bb, **common_kw)
 
 
 def expert_config(config: ml_collections.ConfigDict) -> gemma.GemmaConfig:
@@ -195,7 +259,15 @@ def expert_config(config: ml_collections.ConfigDict) -> gemma.GemmaConfig:
                              mlp_dim=config.flow.expert_mlp_dim, vocab_size=0)
 
 
-_EXPERT_KEY = re.compile(r"_\d+$")  # Extra experts' weights inside the LM: ``q_einsum_1``...
+# Extra experts' modules inside the LM's layers (``gemma._suffix``): ``q_einsum_1``, ``mlp_1``...
+# (``layers_0`` is a layer, not an expert).
+_EXPERT_MODULE = (r"(q_einsum|kv_einsum|attn_vec_einsum|pre_attention_norm|pre_ffw_norm|mlp|"
+                  r"final_norm)_\d+")
+_EXPERT_KEY = re.compile(_EXPERT_MODULE)
+# ``train.trainable`` pattern that freezes the VLM backbone (what ``policy.init_from`` loads) and
+# trains everything else: the head, the state projection and the flow head's action expert (whose
+# weights live in the LM's layers under ``*_<i>`` names).
+FREEZE_BACKBONE = rf"(?!backbone/vlm/).*|backbone/vlm/llm/(.*/)?{_EXPERT_MODULE}/.*"
 
 
 def param_split(params: Any) -> tuple[int, int]:
@@ -209,7 +281,7 @@ def param_split(params: Any) -> tuple[int, int]:
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     keys = [str(getattr(k, "key", k)) for k in path]
     n = int(np.prod(leaf.shape))
-    expert = "llm" in keys and any(_EXPERT_KEY.search(k) for k in keys)
+    expert = "llm" in keys and any(_EXPERT_KEY.fullmatch(k) for k in keys)
     if "vlm" in keys and not expert:
       backbone += n
     else:

@@ -5,6 +5,8 @@ Import: :func:`import_hf` (``transformers`` ``PaliGemmaForConditionalGeneration`
 return this project's ``{"params": ...}`` tree for a given config, in the scan or unrolled layout.
 Every missing or unexpected checkpoint key and every shape mismatch is reported by name
 (:class:`CheckpointMismatchError`). :func:`merge_params` puts a loaded backbone into a larger tree.
+:func:`load_backbone` reads a checkpoint for a VLM, telling the format from the file suffix and the
+model (PaliGemma, SigLIP, Gemma) from the tensor names: what ``policy.init_from`` loads.
 
 Layouts. Stacked (``nn.scan``) layers live under one key with a leading [depth] axis
 (``layers`` in Gemma, ``encoderblock`` in the ViT); unstacked ones under ``layers_0 ...``.
@@ -370,8 +372,10 @@ def check_shapes(params: dict, expected: dict, source: str) -> None:
         f"shape mismatches {wrong}")
 
 
-def _finalize(params: dict, kind: str, config: Any, scan: bool, source: str) -> dict:
-  """Unrolled tree -> requested layout, checked against the model's shapes."""
+def _finalize(params: dict, kind: str, config: Any, scan: bool, source: str,
+              to_device: bool = True) -> dict:
+  """Unrolled tree -> requested layout, checked against the model's shapes; jax arrays on the
+  default device, or numpy arrays on the host (``to_device=False``)."""
   params = {"params": layers_to_scan(params) if scan else params}
   if kind == "paligemma":
     config = dataclasses.replace(config, scan=scan, vit=dataclasses.replace(config.vit, scan=scan))
@@ -382,11 +386,11 @@ def _finalize(params: dict, kind: str, config: Any, scan: bool, source: str) -> 
     expected = {"params": layers_to_scan(jax.tree.map(lambda s: np.zeros(s.shape, np.float32),
                                                       expected["params"]))}
   check_shapes(params, expected, source)
-  return jax.tree.map(jnp.asarray, params)
+  return jax.tree.map(jnp.asarray if to_device else np.asarray, params)
 
 
 def import_hf(tensors: dict[str, np.ndarray] | str | os.PathLike, kind: str, config: Any,
-              scan: bool | None = None) -> dict:
+              scan: bool | None = None, to_device: bool = True) -> dict:
   """Hugging Face ``transformers`` weights -> this project's ``{"params": ...}`` tree.
 
   Args:
@@ -397,6 +401,8 @@ def import_hf(tensors: dict[str, np.ndarray] | str | os.PathLike, kind: str, con
       a ``gemma.GemmaConfig``).
     config: the shape to load into (its depth decides which layer keys are read).
     scan: stacked (True) or unrolled (False) layer layout; default: the config's ``scan``.
+    to_device: return jax arrays (default device); False: numpy arrays that stay on the host
+      (for placing them sharded afterwards without a copy on one device).
 
   Raises:
     CheckpointMismatchError: naming every missing / unexpected checkpoint key and every parameter
@@ -441,11 +447,11 @@ def import_hf(tensors: dict[str, np.ndarray] | str | os.PathLike, kind: str, con
     scan = bool(scan)
   else:
     raise KeyError(f"unknown checkpoint kind '{kind}'; known: ['gemma', 'paligemma', 'siglip']")
-  return _finalize(params, kind, config, scan, name)
+  return _finalize(params, kind, config, scan, name, to_device)
 
 
 def import_big_vision(tensors: dict[str, np.ndarray] | str | os.PathLike, kind: str, config: Any,
-                      scan: bool | None = None) -> dict:
+                      scan: bool | None = None, to_device: bool = True) -> dict:
   """big_vision ``.npz`` weights (stacked or unrolled layers) -> ``{"params": ...}``.
 
   Layout: PaliGemma ``img/...`` (ViT; ``img/head`` is the projection) and ``llm/...`` (Gemma:
@@ -473,7 +479,7 @@ def import_big_vision(tensors: dict[str, np.ndarray] | str | os.PathLike, kind: 
   # The SigLIP text tower and any other tensors are not part of these models.
   src.finish(ignore=(r"txt/.*", r"t", r"b") if kind == "siglip" else ())
   params = scan_to_layers(params)  # Normalise, then lay out as requested.
-  return _finalize(params, kind, config, scan, name)
+  return _finalize(params, kind, config, scan, name, to_device)
 
 
 def merge_params(params: dict, loaded: dict, where: str = "params") -> dict:
@@ -491,3 +497,139 @@ def merge_params(params: dict, loaded: dict, where: str = "params") -> dict:
                                   f"mismatches {wrong}")
   flat.update(new)
   return unflatten(flat)
+
+
+# ------------------------------------------------------------------------------------------------
+# A pretrained backbone for a policy (``policy.init_from``).
+# ------------------------------------------------------------------------------------------------
+
+FORMATS = ("hf", "big_vision")
+KINDS = ("paligemma", "siglip", "gemma")
+# Tensors of SigLIP's attention-pooling (MAP) head and of big_vision's contrastive projection: the
+# policy's ViT keeps every token (pool_type "none") and projects with its own ``head``.
+_SIGLIP_POOLING = re.compile(r"^(vision_model\.)?head\.|^img/(MAPHead_0|head)/")
+
+
+@dataclasses.dataclass
+class PretrainedBackbone:
+  """A checkpoint converted for a :class:`vlm.VLM` (see :func:`load_backbone`).
+
+  Attributes:
+    params: the VLM's params it covers, nested like the VLM's own tree (``{"img": ..., "llm":
+      ...}`` for PaliGemma, ``{"img": ...}`` for SigLIP, ``{"llm": ...}`` for Gemma); float32
+      arrays in the layout (scan / unrolled) of the config it was loaded for.
+    path, fmt, kind: where it came from and how it was read ("hf" | "big_vision";
+      "paligemma" | "siglip" | "gemma").
+    ignored: checkpoint tensors not loaded (SigLIP's pooling head), by name.
+  """
+  params: dict
+  path: str
+  fmt: str
+  kind: str
+  ignored: list[str]
+
+
+def checkpoint_format(path: str | os.PathLike) -> str:
+  """"hf" for a ``.safetensors`` file or a directory of them, "big_vision" for ``.npz``.
+
+  Raises:
+    FileNotFoundError: ``path`` does not exist.
+    ValueError: the suffix says neither (pass the format explicitly).
+  """
+  p = pathlib.Path(path)
+  if not p.exists():
+    raise FileNotFoundError(f"checkpoint not found: {p}")
+  if p.is_dir():
+    if any(p.glob("*.safetensors")):
+      return "hf"
+    raise ValueError(f"{p} is a directory without *.safetensors files; give a .safetensors "
+                     "file, a directory of them, or a big_vision .npz")
+  if p.suffix == ".safetensors":
+    return "hf"
+  if p.suffix == ".npz":
+    return "big_vision"
+  raise ValueError(f"cannot tell the format of {p} from its suffix '{p.suffix}' "
+                   f"(.safetensors = hf, .npz = big_vision); set it explicitly, one of {FORMATS}")
+
+
+def checkpoint_kind(names: Any, fmt: str) -> str:
+  """Which model a checkpoint holds, from its tensor names: "paligemma", "siglip" or "gemma".
+
+  Hugging Face: a vision tower and a language model -> PaliGemma; SigLIP patch embeddings alone
+  -> SigLIP; token embeddings alone -> Gemma. big_vision: ``img/`` and ``llm/`` -> PaliGemma,
+  ``img/`` only -> SigLIP, else Gemma (``llm/...`` or bare Gemma names).
+
+  Raises:
+    ValueError: the names fit none of these (pass the kind explicitly).
+  """
+  names = list(names)
+  if fmt == "hf":
+    vision = any(k.startswith(("vision_tower.", "model.vision_tower.")) for k in names)
+    language = any(k.startswith(("language_model.", "model.language_model.")) for k in names)
+    if vision and language:
+      return "paligemma"
+    if not language and any("embeddings.patch_embedding.weight" in k for k in names):
+      return "siglip"
+    if not vision and any(k.endswith("embed_tokens.weight") for k in names):
+      return "gemma"
+  elif fmt == "big_vision":
+    img = any(k.startswith("img/") for k in names)
+    llm = any(k.startswith("llm/") for k in names)
+    if img and llm:
+      return "paligemma"
+    if img:
+      return "siglip"
+    if llm or any(k.endswith("embedder/input_embedding") for k in names):
+      return "gemma"
+  else:
+    raise ValueError(f"unknown checkpoint format '{fmt}'; known: {FORMATS}")
+  raise ValueError(f"cannot tell which model this {fmt} checkpoint holds from its {len(names)} "
+                   f"tensor names (first: {sorted(names)[:5]}); set the kind explicitly, one of "
+                   f"{KINDS}")
+
+
+def load_backbone(path: str | os.PathLike, config: vlm_lib.VLMConfig, fmt: str = "",
+                  kind: str = "") -> PretrainedBackbone:
+  """Reads a checkpoint and converts it for a VLM of shape ``config``.
+
+  Args:
+    path: a safetensors file / directory (Hugging Face) or a big_vision ``.npz``.
+    config: the VLM to load into (its vocabulary, depths, widths, layout and camera setup); the
+      loaded shapes are checked against it.
+    fmt: "hf" | "big_vision"; "" = from the suffix (:func:`checkpoint_format`).
+    kind: "paligemma" (the ViT with its projection ``img/head`` and the LM), "siglip" (the ViT
+      without ``head``; a MAP pooling head in the checkpoint is ignored) or "gemma" (the LM);
+      "" = from the tensor names (:func:`checkpoint_kind`).
+
+  Raises:
+    FileNotFoundError: no checkpoint at ``path``.
+    ValueError: unknown or undecidable format / kind.
+    CheckpointMismatchError: missing / unexpected tensors or shapes that differ from ``config``
+      (each named, with the checkpoint's and the model's shape).
+  """
+  fmt = fmt or checkpoint_format(path)
+  if fmt not in FORMATS:
+    raise ValueError(f"unknown checkpoint format '{fmt}'; known: {FORMATS}")
+  if not pathlib.Path(path).exists():
+    raise FileNotFoundError(f"checkpoint not found: {path}")
+  tensors = load_safetensors(path) if fmt == "hf" else load_npz(path)
+  kind = kind or checkpoint_kind(tensors, fmt)
+  if kind not in KINDS:
+    raise ValueError(f"unknown checkpoint kind '{kind}'; known: {KINDS}")
+  load = import_hf if fmt == "hf" else import_big_vision
+  ignored: list[str] = []
+  try:
+    if kind == "paligemma":
+      params = load(tensors, kind, config, to_device=False)["params"]
+    elif kind == "siglip":
+      ignored = sorted(k for k in tensors if _SIGLIP_POOLING.search(k))
+      kept = {k: v for k, v in tensors.items() if k not in ignored}
+      vit = dataclasses.replace(config.vit, head_dim=0, pool_type="none")
+      params = {"img": load(kept, kind, vit, to_device=False)["params"]}
+    else:
+      params = {"llm": load(tensors, kind, config.llm, scan=config.scan,
+                            to_device=False)["params"]}
+  except CheckpointMismatchError as e:
+    # The import names tensors and parameters; say which file and how it was read.
+    raise CheckpointMismatchError(f"{fmt} {kind} checkpoint {path}: {e}") from None
+  return PretrainedBackbone(params=params, path=str(path), fmt=fmt, kind=kind, ignored=ignored)

@@ -21,7 +21,7 @@ from vla_jax.training import mesh as mesh_lib
 from vla_jax.training import optimizer as optimizer_lib
 from vla_jax.training import sharding as sharding_lib
 from vla_jax.training import train_step as step_lib
-from vla_jax.training import trainer
+from vla_jax.training import trainer, transfer
 
 GIB = 2**30
 
@@ -91,7 +91,8 @@ def compile_check(model: Any, example_batch: dict, train_config: ml_collections.
   optimizer = optimizer_lib.make_optimizer(train_config)
   schedule = optimizer_lib.learning_rate_schedule(train_config)
   step_fn = step_lib.make_train_step(model, optimizer, schedule, train_config.ema_decay, mesh,
-                                     shardings)
+                                     shardings,
+                                     train_config.get("trainable", transfer.DEFAULT_TRAINABLE))
   compiled = step_fn.lower(abstract_state, abstract_batch).compile()
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()

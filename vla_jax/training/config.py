@@ -31,6 +31,12 @@ def default_train_config() -> ml_collections.ConfigDict:
       Applied by the main job (``vla_jax.jobs.main_job.run_main_job``) before its first JAX
       computation.
     sharding_min_size: arrays with fewer elements than this are replicated, not FSDP-split.
+    trainable: regex that a parameter's ``/``-joined path (e.g.
+      ``backbone/vlm/llm/layers_0/attn/q_einsum/w``) must match IN FULL for it to train; the
+      others are frozen: no update, no optimizer state, no weight decay (their EMA stays at
+      their value up to rounding). ".*" = everything trains. A pattern that matches nothing is
+      an error; the trainer prints the trainable / frozen counts. E.g.
+      ``vla_jax.models.policy.FREEZE_BACKBONE`` freezes the VLM of ``policy.init_from``.
   """
   config = ml_collections.ConfigDict()
   config.num_steps = 1000
@@ -52,4 +58,5 @@ def default_train_config() -> ml_collections.ConfigDict:
   config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
   config.cpu_devices = 0
   config.sharding_min_size = 2**14
+  config.trainable = ".*"
   return config

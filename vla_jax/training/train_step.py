@@ -11,19 +11,28 @@ import optax
 from jax.sharding import Mesh
 
 from vla_jax.training import sharding as sharding_lib
+from vla_jax.training import transfer
 from vla_jax.training.train_state import TrainState
 
 
 def train_step(state: TrainState, batch: dict, *, model: Any,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-               ema_decay: float) -> tuple[TrainState, dict]:
+               ema_decay: float, trainable: str = transfer.DEFAULT_TRAINABLE,
+               ) -> tuple[TrainState, dict]:
   """One optimizer step on ``model.loss``; returns the new state and float32 scalar metrics.
 
-  Metrics: the model's own metrics plus ``loss``, ``grad_norm`` (before clipping),
-  ``param_norm`` and ``learning_rate`` (of this step).
+  ``trainable``: ``train.trainable``; the gradients of the other (frozen) params are dropped
+  here, so XLA does not compute them, and their EMA stays equal to them.
+
+  Metrics: the model's own metrics plus ``loss``, ``grad_norm`` (of the trainable params, before
+  clipping), ``param_norm`` and ``learning_rate`` (of this step).
   """
   rng = jax.random.fold_in(state.rng, state.step)
   (loss, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(state.params, batch, rng)
+  train_mask = jax.tree.map(lambda _: True, state.params)
+  if trainable != transfer.DEFAULT_TRAINABLE:
+    train_mask = transfer.trainable_mask(state.params, trainable)
+    grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, train_mask)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params = state.ema_params
@@ -33,8 +42,8 @@ def train_step(state: TrainState, batch: dict, *, model: Any,
     # init after 2000 steps.
     step = state.step.astype(jnp.float32)
     decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
-    ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
-                              state.ema_params, params)
+    ema_params = jax.tree.map(lambda e, p, t: decay * e + (1.0 - decay) * p if t else e,
+                              state.ema_params, params, train_mask)
   metrics = dict(metrics)
   metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params),
                  learning_rate=schedule(state.step))
@@ -45,14 +54,15 @@ def train_step(state: TrainState, batch: dict, *, model: Any,
 
 
 def make_train_step(model: Any, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    ema_decay: float, mesh: Mesh, state_shardings: Any) -> Callable:
+                    ema_decay: float, mesh: Mesh, state_shardings: Any,
+                    trainable: str = transfer.DEFAULT_TRAINABLE) -> Callable:
   """``jit(train_step)``: state in/out with ``state_shardings`` (donated), batch over data axes.
 
   Returns ``step(state, batch) -> (state, metrics)``; metrics come back replicated.
   """
   def step(state, batch):
     return train_step(state, batch, model=model, optimizer=optimizer, schedule=schedule,
-                      ema_decay=ema_decay)
+                      ema_decay=ema_decay, trainable=trainable)
 
   return jax.jit(step,
                  in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),

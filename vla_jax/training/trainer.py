@@ -38,10 +38,17 @@ from vla_jax.training import optimizer as optimizer_lib
 from vla_jax.training import sharding as sharding_lib
 from vla_jax.training import train_state as state_lib
 from vla_jax.training import train_step as step_lib
+from vla_jax.training import transfer
 
 
 class Model(Protocol):
-  """The policy interface the trainer needs (see ``vla_jax.models.policy``)."""
+  """The policy interface the trainer needs (see ``vla_jax.models.policy``).
+
+  Optionally also ``pretrained_params(abstract_params) -> (arrays, description) | None``:
+  initial values for some params (``{"a/b/c": host array}``, paths as
+  :func:`transfer.named_leaves`) that replace their random init when a run starts from step 0
+  (the policy's ``policy.init_from`` backbone).
+  """
 
   def init(self, rng: jax.Array, example_batch: dict) -> Any:
     ...
@@ -91,6 +98,37 @@ def abstract_train_state(model: Model, train_config: ml_collections.ConfigDict,
   return abstract, shardings
 
 
+def initial_train_state(model: Model, train_config: ml_collections.ConfigDict,
+                        example_batch: dict, mesh: Mesh, print_fn: Callable[..., None] = print,
+                        abstract: tuple[Any, Any] | None = None) -> state_lib.TrainState:
+  """The step-0 train state of a new run (sharded global arrays): random init from
+  ``train.seed``, then ``model.pretrained_params`` (if the model has it and it returns arrays)
+  in place of the params it names, in ``params`` and in the EMA copy.
+
+  Prints one line (process 0) saying what was loaded from where and what kept its random init.
+  ``abstract``: :func:`abstract_train_state`'s result when the caller has it already.
+  """
+  abstract_state, shardings = abstract or abstract_train_state(model, train_config,
+                                                               example_batch, mesh)
+  # Read (and shape-check) a pretrained checkpoint before compiling anything.
+  pretrained = getattr(model, "pretrained_params", None)
+  initial = pretrained(abstract_state.params) if pretrained is not None else None
+  create = functools.partial(state_lib.create_train_state, model,
+                             optimizer_lib.make_optimizer(train_config),
+                             use_ema=train_config.ema_decay > 0)
+  base_rng = jax.random.key_data(jax.random.key(train_config.seed))
+  state = jax.jit(create, out_shardings=shardings)(base_rng, example_batch)
+  if initial is None:
+    return state
+  arrays, source = initial
+  # AdamW's state (zero moments) does not depend on the param values: only the params and the
+  # EMA params change.
+  state = transfer.place_initial_params(state, arrays, shardings)
+  if jax.process_index() == 0:
+    print_fn(transfer.initial_params_summary(arrays, abstract_state.params, source), flush=True)
+  return state
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model,
           make_data_iterator: DataIteratorFactory, assets: assets_lib.Assets | None = None,
           mesh: Mesh | None = None, print_fn: Callable[..., None] = print,
@@ -102,8 +140,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model,
     config: the full experiment config; ``config.train`` is the section of
       :func:`vla_jax.training.default_train_config`. It is saved with every checkpoint, and a
       resumed run must match it (except :data:`checkpoints.RESUMABLE_KEYS`).
-    workdir: holds ``checkpoints/`` and ``tensorboard/``; an existing checkpoint there is resumed.
-    model: object with ``init(rng, example_batch)`` and ``loss(params, batch, rng)``.
+    workdir: holds ``checkpoints/`` and ``tensorboard/``; an existing checkpoint there is resumed
+      (and ``model.pretrained_params`` is not called: a resumed run keeps its trained weights).
+    model: object with ``init(rng, example_batch)`` and ``loss(params, batch, rng)`` (and
+      optionally ``pretrained_params``, see :class:`Model`).
     make_data_iterator: called once with keyword args ``start_step``, ``local_batch_size``,
       ``process_index`` and ``process_count``; yields this process's share of each global batch.
     assets: norm stats / tokenizers / example batch to save with checkpoints (``config`` is filled
@@ -157,18 +197,19 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model,
       if jax.process_index() == 0:
         print_fn(f"Resumed from {checkpointer.directory} at step {start_step}", flush=True)
     else:
-      create = functools.partial(state_lib.create_train_state, model, optimizer,
-                                 use_ema=tc.ema_decay > 0)
-      base_rng = jax.random.key_data(jax.random.key(tc.seed))
-      state = jax.jit(create, out_shardings=state_shardings)(base_rng, example)
+      state = initial_train_state(model, tc, example, mesh, print_fn,
+                                  abstract=(abstract_state, state_shardings))
 
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
     if jax.process_index() == 0:
       print_fn(f"Training {num_params / 1e6:.3f}M params on mesh {dict(mesh.shape)} "
                f"({jax.process_count()} processes), global batch {tc.batch_size} "
                f"({local_bs} per process), steps {start_step} -> {tc.num_steps}", flush=True)
+      if tc.get("trainable", transfer.DEFAULT_TRAINABLE) != transfer.DEFAULT_TRAINABLE:
+        print_fn(transfer.trainable_summary(abstract_state.params, tc.trainable), flush=True)
     step_fn = step_lib.make_train_step(model, optimizer, schedule, tc.ema_decay, mesh,
-                                       state_shardings)
+                                       state_shardings,
+                                       tc.get("trainable", transfer.DEFAULT_TRAINABLE))
     every = callback_every if callback is not None else 0
     return _loop(tc, state, batch, data, start_step, step_fn, mesh, checkpointer, assets, workdir,
                  print_fn, callback, every)
