@@ -45,6 +45,7 @@ import numpy as np
 from absl import app
 from ml_collections import config_flags
 
+from vla_jax import console
 from vla_jax.models import policy as policy_lib
 from vla_jax.training import compile_check as check_lib
 from vla_jax.training import mesh as mesh_lib
@@ -60,6 +61,7 @@ def _fmt(num_bytes: int) -> str:
 
 
 def main(argv):
+  console.configure()  # library INFO lines and progress bars only at --verbosity=1
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value

@@ -13,6 +13,7 @@ import os
 import ml_collections
 from absl import app, flags
 
+from vla_jax import console
 from vla_jax.eval import report
 from vla_jax.jobs import main_job
 
@@ -34,6 +35,7 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
+  console.configure()  # library INFO lines and progress bars only at --verbosity=1
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   loaded = main_job.load_checkpoint_policy(_WORKDIR.value, _STEP.value)

@@ -12,6 +12,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vla_jax import console
 from vla_jax.tokenizers import fitting, synthetic
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/fast_tokenizer.py).")
@@ -20,6 +21,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+  console.configure()  # library INFO lines and progress bars only at --verbosity=1
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config, workdir = _CONFIG.value, _WORKDIR.value

@@ -15,6 +15,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from vla_jax import console
 from vla_jax.envs import make_env, rollout
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/env_tabletop.py).")
@@ -30,6 +31,7 @@ def episode_frames(traj, i: int, cameras: list[str], scale: int, hold: int = 5) 
 
 
 def main(argv):
+  console.configure()  # library INFO lines and progress bars only at --verbosity=1
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value

@@ -17,6 +17,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from vla_jax import console
 from vla_jax.jobs import main_job
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/vla_tiny.py",
@@ -26,6 +27,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdirs/vla_tiny",
 
 
 def main(argv):
+  console.configure()  # library INFO lines and progress bars only at --verbosity=1
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   t0 = time.time()

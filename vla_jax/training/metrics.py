@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from absl import logging
 from tensorboardX import SummaryWriter
 
 
@@ -69,8 +68,7 @@ class MetricsLogger:
       eta = _eta((self.num_steps - step) / max(steps_per_s, 1e-9))
       line = (f"step {step}/{self.num_steps} loss {out['loss']:.5f} "
               f"steps/s {steps_per_s:.2f} examples/s {out['examples_per_s']:.1f} ETA {eta}")
-      logging.info(line)
-      self.print_fn(line, flush=True)
+      self.print_fn(line, flush=True)  # Once: not also to absl logging (stderr on a console).
     return out
 
   def close(self) -> None:
