@@ -17,6 +17,7 @@ def _record(name: str, level: int, pathname: str) -> logging.LogRecord:
 TFDS_INFO = _record("absl", logging.INFO, os.path.join("site-packages", "tensorflow_datasets",
                                                        "core", "reader.py"))
 JAX_INFO = _record("jax._src.xla_bridge", logging.INFO, "xla_bridge.py")
+MJX_INFO = _record("absl", logging.INFO, os.path.join("site-packages", "mujoco", "mjx", "io.py"))
 OURS_INFO = _record("absl", logging.INFO, os.path.join("vla_jax", "data", "statistics.py"))
 TFDS_WARNING = _record("absl", logging.WARNING, TFDS_INFO.pathname)
 
@@ -31,7 +32,7 @@ def handler():
 
 def test_library_info_shows_only_when_verbosity_asks(handler):
   console.configure(verbosity=0)
-  assert not handler.filter(TFDS_INFO) and not handler.filter(JAX_INFO)
+  assert not any(handler.filter(r) for r in (TFDS_INFO, JAX_INFO, MJX_INFO))
   assert handler.filter(OURS_INFO) and handler.filter(TFDS_WARNING)
   console.configure(verbosity=0)  # Idempotent: one filter.
   assert sum(isinstance(f, console.LibraryInfoFilter) for f in handler.filters) == 1

@@ -4,10 +4,11 @@ Entry points (``experiments/*.py``) call :func:`configure` first thing in their 
 absl routes every Python ``logging`` record at or above ``--verbosity`` (default 0: INFO) to
 stderr, which lets the INFO records of :data:`QUIET_LIBRARIES` bury the job's own lines: TFDS
 ("Load dataset info from", "Creating a tf.data.Dataset reading N files", "Constructing
-tf.data.Dataset ... for split" at every dataset open), orbax (dozens of lines per checkpoint save),
-jax (backend probing). Those records, and TFDS's progress bars (per-split generation and
-shuffling bars, which turn into ``\r`` garbage in a log file), show only at ``--verbosity=1`` or
-more; their warnings and errors always show. The project's own INFO records (``logging.info`` in
+tf.data.Dataset ... for split" at every dataset open), orbax (dozens of lines per checkpoint
+save), jax (backend probing), MJX ("Using JAX default device" at every model upload). Those
+records, and TFDS's progress bars (per-split generation and shuffling bars, which turn into
+``\r`` garbage in a log file), show only at ``--verbosity=1`` or more; their warnings and errors
+always show. The project's own INFO records (``logging.info`` in
 ``vla_jax`` and ``experiments/``) follow ``--verbosity`` as usual (shown at 0, hidden at -1).
 TensorFlow's C++ log lines are not Python records: ``TF_CPP_MIN_LOG_LEVEL`` governs them.
 """
@@ -21,7 +22,7 @@ import sys
 from absl import logging as absl_logging
 
 # Top-level packages whose INFO records are hidden below --verbosity=1.
-QUIET_LIBRARIES = ("tensorflow_datasets", "orbax", "jax")
+QUIET_LIBRARIES = ("tensorflow_datasets", "orbax", "jax", "mujoco")
 
 
 class LibraryInfoFilter(logging.Filter):
