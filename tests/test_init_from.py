@@ -235,6 +235,15 @@ def test_bad_checkpoints_and_patterns_are_named(hf_checkpoint, tmp_path):
   c.vocab_size = VOCAB + 1
   pol = policy_lib.make_policy(c, action_dim=D, action_horizon=H, state_dim=S, text_vocab_size=8)
   shapes = jax.eval_shape(pol.init, jax.random.key(0), BATCH)
+  # A tensor that is reshaped into heads: named before the reshape could fail.
+  tensors = weights.load_safetensors(hf_checkpoint)
+  key = next(k for k in tensors if k.endswith("layers.0.self_attn.q_proj.weight"))
+  tensors[key] = tensors[key][:31]
+  safetensors.numpy.save_file(tensors, str(bad))
+  with pytest.raises(weights.CheckpointMismatchError,
+                     match=r"q_proj.weight' -> llm/layers_0/attn/q_einsum/w: checkpoint "
+                     r"\(31, 32\) vs model \(32, 32\)"):
+    _policy(bad).pretrained_params(shapes)
   with pytest.raises(weights.CheckpointMismatchError,
                      match=r"llm/embedder/embedding: checkpoint \(64, 32\) vs model \(65, 32\)"):
     pol.pretrained_params(shapes)

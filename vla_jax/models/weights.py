@@ -157,15 +157,17 @@ class _Missing:
 _MISSING = _Missing()
 
 
-def _stack(pairs: list[tuple[str, Any]], source: str):
-  """Stacks converted tensors ``[(checkpoint key, array)]``; differing shapes are named."""
+def _stack(pairs: list[tuple[str, Any]], source: str, param: str, each: tuple[int, ...]):
+  """Stacks converted tensors ``[(checkpoint key, array)]`` into ``param``; differing shapes are
+  named with the shape ``each`` that the model expects of every one."""
   xs = [x for _, x in pairs]
   if any(x is _MISSING for x in xs):
     return _MISSING
   if len({x.shape for x in xs}) != 1:
     raise CheckpointMismatchError(
-        f"{source}: tensors stacked into one parameter disagree in shape: "
-        + ", ".join(f"'{k}' -> {x.shape}" for k, x in pairs))
+        f"{source}: {param}: tensors stacked into one parameter disagree in shape: "
+        + ", ".join(f"'{k}' -> {x.shape}" for k, x in pairs)
+        + f"; the model expects each {tuple(each)}")
   return np.stack(xs)
 
 
@@ -180,20 +182,29 @@ class _Source:
     self.tensors, self.name = tensors, name
     self.used: set[str] = set()
     self.missing: list[str] = []
+    self.wrong: list[str] = []
 
   def has(self, key: str) -> bool:
     return key in self.tensors
 
-  def get(self, key: str) -> np.ndarray:
+  def get(self, key: str, shape: tuple[int, ...] | None = None, param: str = "") -> np.ndarray:
+    """The tensor ``key``; with ``shape`` (the checkpoint-side shape the model needs), a tensor
+    of another shape is recorded against ``param`` (reshaping it would fail unnamed)."""
     if key not in self.tensors:
       self.missing.append(key)
       return _MISSING
     self.used.add(key)
-    return self.tensors[key]
+    x = self.tensors[key]
+    if shape is not None and tuple(x.shape) != tuple(shape):
+      self.wrong.append(f"'{key}' -> {param}: checkpoint {tuple(x.shape)} vs model {tuple(shape)}")
+      return _MISSING
+    return x
 
   def finish(self, ignore: tuple[str, ...] = ()) -> None:
     unexpected = sorted(k for k in self.tensors if k not in self.used
                         and not any(re.fullmatch(p, k) for p in ignore))
+    if self.wrong:
+      raise CheckpointMismatchError(f"{self.name}: shape mismatches {self.wrong}")
     if self.missing or unexpected:
       raise CheckpointMismatchError(
           f"{self.name}: missing keys {self.missing[:20]}"
@@ -217,13 +228,25 @@ def _linear_t(w: np.ndarray) -> np.ndarray:
   return w.T if w.ndim == 2 else w
 
 
-def _hf_siglip(src: _Source, depth: int, num_heads: int, with_map: bool) -> dict:
-  """transformers ``SiglipVisionModel`` names (after the vision prefix) -> ViT params (unrolled)."""
+def _hf_siglip(src: _Source, cfg: vit_lib.ViTConfig, with_map: bool, prefix: str = "") -> dict:
+  """transformers ``SiglipVisionModel`` names (after the vision prefix) -> ViT params (unrolled;
+  ``prefix``: where they go, for error messages)."""
+  num_heads, width = cfg.num_heads, cfg.width
+
   def heads_in(w, b):  # q/k/v: [H*D, W] -> [W, H, D]; bias [H*D] -> [H, D].
+    if w is _MISSING or b is _MISSING:
+      return {"kernel": _MISSING, "bias": _MISSING}
     return {"kernel": w.T.reshape(w.shape[1], num_heads, -1), "bias": b.reshape(num_heads, -1)}
 
   def heads_out(w, b):  # out: [W, H*D] -> [H, D, W].
-    return {"kernel": w.T.reshape(num_heads, -1, w.shape[0]), "bias": b}
+    return {"kernel": _MISSING if w is _MISSING else w.T.reshape(num_heads, -1, w.shape[0]),
+            "bias": b}
+
+  def get_attn(key, param, rows=width):  # Checked first: a wrong size would fail to reshape.
+    return (src.get(f"{key}_weight" if key.endswith("in_proj") else f"{key}.weight",
+                    (rows, width), f"{param}/kernel"),
+            src.get(f"{key}_bias" if key.endswith("in_proj") else f"{key}.bias", (rows,),
+                    f"{param}/bias"))
 
   def ln(p):
     return {"scale": src.get(f"{p}.weight"), "bias": src.get(f"{p}.bias")}
@@ -238,23 +261,22 @@ def _hf_siglip(src: _Source, depth: int, num_heads: int, with_map: bool) -> dict
       "pos_embedding": src.get("embeddings.position_embedding.weight")[None],
       "Transformer": {"encoder_norm": ln("post_layernorm")},
   }
-  for i in range(depth):
+  for i in range(cfg.depth):
     p = f"encoder.layers.{i}"
-    attn = {n: heads_in(src.get(f"{p}.self_attn.{n[0]}_proj.weight"),
-                        src.get(f"{p}.self_attn.{n[0]}_proj.bias"))
+    where = f"{prefix}Transformer/encoderblock_{i}/MultiHeadDotProductAttention_0"
+    attn = {n: heads_in(*get_attn(f"{p}.self_attn.{n[0]}_proj", f"{where}/{n}"))
             for n in ("query", "key", "value")}
-    attn["out"] = heads_out(src.get(f"{p}.self_attn.out_proj.weight"),
-                            src.get(f"{p}.self_attn.out_proj.bias"))
+    attn["out"] = heads_out(*get_attn(f"{p}.self_attn.out_proj", f"{where}/out"))
     params["Transformer"][f"encoderblock_{i}"] = {
         "LayerNorm_0": ln(f"{p}.layer_norm1"), "LayerNorm_1": ln(f"{p}.layer_norm2"),
         "MultiHeadDotProductAttention_0": attn,
         "MlpBlock_0": {"Dense_0": dense(f"{p}.mlp.fc1"), "Dense_1": dense(f"{p}.mlp.fc2")}}
   if with_map:
-    w_in, b_in = src.get("head.attention.in_proj_weight"), src.get("head.attention.in_proj_bias")
+    where = f"{prefix}MAPHead_0/MultiHeadDotProductAttention_0"
+    w_in, b_in = get_attn("head.attention.in_proj", f"{where}/query,key,value", 3 * width)
     qkv_w, qkv_b = _split3(w_in), _split3(b_in)
     attn = {n: heads_in(w, b) for n, w, b in zip(("query", "key", "value"), qkv_w, qkv_b)}
-    attn["out"] = heads_out(src.get("head.attention.out_proj.weight"),
-                            src.get("head.attention.out_proj.bias"))
+    attn["out"] = heads_out(*get_attn("head.attention.out_proj", f"{where}/out"))
     params["MAPHead_0"] = {
         "probe": src.get("head.probe"), "MultiHeadDotProductAttention_0": attn,
         "LayerNorm_0": ln("head.layernorm"),
@@ -262,33 +284,38 @@ def _hf_siglip(src: _Source, depth: int, num_heads: int, with_map: bool) -> dict
   return params
 
 
-def _hf_gemma(src: _Source, cfg: gemma_lib.GemmaConfig) -> dict:
-  """transformers ``GemmaModel`` names (after the LM prefix) -> Gemma params (unrolled)."""
-  n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+def _hf_gemma(src: _Source, cfg: gemma_lib.GemmaConfig, prefix: str = "") -> dict:
+  """transformers ``GemmaModel`` names (after the LM prefix) -> Gemma params (unrolled;
+  ``prefix``: where they go, for error messages)."""
+  n, k, h, w = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.width
 
-  def heads(w, num):  # [num*H, W] -> [num, W, H]
-    return w.reshape(num, h, -1).transpose(0, 2, 1)
+  def heads(key, num, param):  # [num*H, W] -> [num, W, H]; checked first (reshape).
+    x = src.get(key, (num * h, w), param)
+    return _MISSING if x is _MISSING else x.reshape(num, h, -1).transpose(0, 2, 1)
 
   params = {"embedder": {"embedding": src.get("embed_tokens.weight")},
             "final_norm": {"scale": src.get("norm.weight")}}
   for i in range(cfg.depth):
-    p = f"layers.{i}"
-    wo = src.get(f"{p}.self_attn.o_proj.weight")  # [W, N*H]
+    p, where = f"layers.{i}", f"{prefix}layers_{i}"
+    wo = src.get(f"{p}.self_attn.o_proj.weight", (w, n * h),
+                 f"{where}/attn/attn_vec_einsum/w")  # [W, N*H]
     params[f"layers_{i}"] = {
         "pre_attention_norm": {"scale": src.get(f"{p}.input_layernorm.weight")},
         "pre_ffw_norm": {"scale": src.get(f"{p}.post_attention_layernorm.weight")},
         "attn": {
-            "q_einsum": {"w": heads(src.get(f"{p}.self_attn.q_proj.weight"), n)},
+            "q_einsum": {"w": heads(f"{p}.self_attn.q_proj.weight", n,
+                                    f"{where}/attn/q_einsum/w")},
             "kv_einsum": {"w": _stack(
-                [(f"{p}.self_attn.{n}_proj.weight",
-                  heads(src.get(f"{p}.self_attn.{n}_proj.weight"), k)) for n in "kv"],
-                src.name)},
-            "attn_vec_einsum": {"w": wo.T.reshape(n, h, -1)},
+                [(f"{p}.self_attn.{x}_proj.weight",
+                  heads(f"{p}.self_attn.{x}_proj.weight", k, f"{where}/attn/kv_einsum/w"))
+                 for x in "kv"], src.name, f"{where}/attn/kv_einsum/w", (k, w, h))},
+            "attn_vec_einsum": {"w": _MISSING if wo is _MISSING else wo.T.reshape(n, h, -1)},
         },
         "mlp": {
             "gating_einsum": {"w": _stack(
-                [(f"{p}.mlp.{n}_proj.weight", src.get(f"{p}.mlp.{n}_proj.weight").T)
-                 for n in ("gate", "up")], src.name)},
+                [(f"{p}.mlp.{x}_proj.weight", src.get(f"{p}.mlp.{x}_proj.weight").T)
+                 for x in ("gate", "up")], src.name, f"{where}/mlp/gating_einsum/w",
+                (w, cfg.mlp_dim))},
             "linear": {"w": src.get(f"{p}.mlp.down_proj.weight").T},
         },
     }
@@ -415,7 +442,7 @@ def import_hf(tensors: dict[str, np.ndarray] | str | os.PathLike, kind: str, con
     vis = _Source(_strip_prefix(tensors, ("model.vision_tower.vision_model.",
                                           "vision_tower.vision_model.", "model.vision_tower.",
                                           "vision_tower.")), f"{name} (vision tower)")
-    img = _hf_siglip(vis, config.vit.depth, config.vit.num_heads, with_map=False)
+    img = _hf_siglip(vis, config.vit, with_map=False, prefix="img/")
     vis.finish()
     proj = _Source(_strip_prefix(tensors, ("model.multi_modal_projector.",
                                            "multi_modal_projector.")), f"{name} (projector)")
@@ -423,7 +450,7 @@ def import_hf(tensors: dict[str, np.ndarray] | str | os.PathLike, kind: str, con
     proj.finish()
     lm = _Source(_strip_prefix(tensors, ("model.language_model.", "language_model.model.",
                                          "language_model.")), f"{name} (language model)")
-    llm = _hf_gemma(lm, config.llm)
+    llm = _hf_gemma(lm, config.llm, prefix="llm/")
     lm.finish()
     _check_lm_head(tensors, llm["embedder"]["embedding"], name)
     known = ("vision_tower.", "model.vision_tower.", "multi_modal_projector.",
@@ -436,7 +463,7 @@ def import_hf(tensors: dict[str, np.ndarray] | str | os.PathLike, kind: str, con
     scan = config.scan if scan is None else scan
   elif kind == "siglip":
     src = _Source(_strip_prefix(tensors, ("vision_model.", "")), name)
-    params = _hf_siglip(src, config.depth, config.num_heads, with_map=config.pool_type == "map")
+    params = _hf_siglip(src, config, with_map=config.pool_type == "map")
     src.finish()
     scan = config.scan if scan is None else scan
   elif kind == "gemma":
