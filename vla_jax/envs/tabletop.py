@@ -128,7 +128,9 @@ class TabletopEnv:
       raise ValueError(f"env config 'cameras': got '{config.cameras}'; allowed: base, wrist "
                        "(empty = no images, state-only observations)")
     self.mj_model = scene.build_model(scene.SceneSpec(timestep=config.physics_dt))
-    self.mjx_model = mjx.put_model(self.mj_model)
+    # This process's own device: MJX's default, jax.devices()[0], belongs to process 0 in a
+    # multi-process run, and other processes cannot compute with arrays placed there.
+    self.mjx_model = mjx.put_model(self.mj_model, device=jax.local_devices()[0])
     self.index = scene.scene_index(self.mj_model)
     self.cam_spec = camera.CameraSpec(height=config.image_size, width=config.image_size,
                                       fovy=config.fovy)
@@ -161,7 +163,7 @@ class TabletopEnv:
     mujoco.mj_forward(m, d0)
     self._base_cam_pos = d0.cam_xpos[self._cam_ids["base"]].astype(np.float32)
     self._base_cam_mat = d0.cam_xmat[self._cam_ids["base"]].reshape(3, 3).astype(np.float32)
-    self._data0 = mjx.put_data(m, d0)
+    self._data0 = mjx.put_data(m, d0, device=jax.local_devices()[0])
 
   # ---------------------------------------------------------------- helpers on a single state
 

@@ -36,12 +36,17 @@ from vla_jax.jobs import checks
 from vla_jax.models import policy as policy_lib
 from vla_jax.tokenizers import fast, text
 from vla_jax.training import assets as assets_lib
+from vla_jax.training import distributed
 from vla_jax.training import mesh as mesh_lib
 from vla_jax.training import trainer
 
 DATASET = tabletop_demos.DATASET_NAME
 TOKENIZER_DIR = "tokenizers"  # <workdir>/tokenizers/{text,action}: fitted once, reused on resume
 TOKEN_HEADS = ("ar", "discrete_diffusion")
+# How long the other processes of a multi-process run wait for what process 0 does alone
+# (collect the demos: 130-151 s for the default ones on 2 CPU cores; fit the tokenizers; evaluate;
+# write the report) [s]. If process 0 dies meanwhile, they stop sooner (heartbeat timeout).
+WAIT_TIMEOUT_S = 4 * 3600
 
 
 def prepare_dataset(config: ml_collections.ConfigDict, print_fn: Callable = print) -> str:
@@ -89,6 +94,42 @@ def prepare_tokenizers(config: ml_collections.ConfigDict, workdir: str, norm_sta
       action_tok.save(action_dir)
       print_fn(f"[tokenizers] FAST fitted: {action_tok}", flush=True)
   return text_tok, action_tok
+
+
+def prepare_shared(config: ml_collections.ConfigDict, workdir: str, print_fn: Callable = print
+                   ) -> tuple[str, dict, text.TextTokenizer, Any]:
+  """``(dataset path, norm stats by dataset, text tokenizer, action tokenizer or None)``.
+
+  In a multi-process run process 0 alone builds the dataset (and caches its statistics) and
+  fits and saves the tokenizers; the others wait for it (:func:`distributed.wait_for_all`), take
+  its dataset path and read everything from there, so ``config.data_root`` and ``workdir`` must
+  be on a filesystem every process sees. With one process this is the plain sequence.
+
+  Raises:
+    FileNotFoundError: on a process other than 0 that does not see what process 0 wrote.
+  """
+  index = jax.process_index()
+  if index == 0:
+    data_path = prepare_dataset(config, print_fn)
+    stats_by_name = pipeline.load_norm_stats(config.data)
+    tokenizers = prepare_tokenizers(config, workdir, stats_by_name, print_fn)
+  else:
+    print_fn(f"[main] process {index}: waiting for process 0 to prepare the dataset and the "
+             "tokenizers", flush=True)
+  distributed.wait_for_all("vla_jax.main_job.prepare_shared", WAIT_TIMEOUT_S)
+  shared_path = distributed.broadcast_str(data_path if index == 0 else "")
+  if index == 0:
+    return (data_path, stats_by_name, *tokenizers)
+  tok_dir = os.path.join(workdir, TOKENIZER_DIR)
+  for what, path in (("dataset", shared_path), ("tokenizers", tok_dir)):
+    if not os.path.isdir(path):
+      raise FileNotFoundError(
+          f"process {index}: the {what} that process 0 wrote at {path} is not visible here; "
+          "config.data_root and the workdir must be on a filesystem every process sees")
+  config.data.datasets[DATASET].path = shared_path
+  data_path = prepare_dataset(config, print_fn)  # Only reads: the path is set.
+  stats_by_name = pipeline.load_norm_stats(config.data)  # From process 0's cache.
+  return (data_path, stats_by_name, *prepare_tokenizers(config, workdir, stats_by_name, print_fn))
 
 
 def build_policy(config: ml_collections.ConfigDict, norm_stats: dict, text_tokenizer,
@@ -142,7 +183,16 @@ def _dataset_summary(path: str) -> str:
 
 def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: str = "",
                  print_fn: Callable = print) -> str:
-  """Runs the whole job (see the module docstring); returns the path of ``report.md``."""
+  """Runs the whole job (see the module docstring); returns the path of ``report.md``.
+
+  Multi-process (after :func:`vla_jax.training.distributed.initialize`): see
+  :func:`prepare_shared` for the data and tokenizers; every process trains on its shard of the
+  data. Evaluations run on process 0 alone, on its own full copy of the params (gathered from
+  every process: FSDP may split them), while the others wait at a barrier; process 0 writes the
+  report, and the others return ``""`` once it is written (none exits while another works).
+  Splitting the evaluation episodes over the processes would divide its wall-clock by their
+  number; not done yet.
+  """
   t_start = time.time()
   checks.check_config(config)
   n_cpu = mesh_lib.configure_cpu_devices(config.train.cpu_devices, config.train.batch_size)
@@ -153,11 +203,9 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: st
   timings: dict[str, float] = {}
 
   t0 = time.time()
-  data_path = prepare_dataset(config, print_fn)
+  data_path, stats_by_name, text_tok, action_tok = prepare_shared(config, workdir, print_fn)
   timings["data"] = time.time() - t0
-  stats_by_name = pipeline.load_norm_stats(config.data)
   norm_stats = stats_by_name[DATASET]
-  text_tok, action_tok = prepare_tokenizers(config, workdir, stats_by_name, print_fn)
   policy = build_policy(config, norm_stats, text_tok, action_tok)
   evaluator = make_evaluator(config, policy, norm_stats, text_tok)
 
@@ -166,11 +214,14 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: st
   def periodic_eval(step: int, state) -> None:
     if step == config.train.num_steps:
       return  # The final evaluation below covers the last step with more episodes.
-    res = evaluator(state.inference_params(),
-                    num_episodes_per_task=config.eval.periodic_episodes_per_task,
-                    block="dev", print_fn=lambda *a, **k: None)
-    evals.append((step, res.mean_success))
-    print_fn(f"[eval @ step {step}] {res.summary()}", flush=True)
+    params = distributed.local_copy(state.inference_params())  # In every process: a collective.
+    if jax.process_index() == 0:
+      res = evaluator(params,
+                      num_episodes_per_task=config.eval.periodic_episodes_per_task,
+                      block="dev", print_fn=lambda *a, **k: None)
+      evals.append((step, res.mean_success))
+      print_fn(f"[eval @ step {step}] {res.summary()}", flush=True)
+    distributed.wait_for_all(f"vla_jax.main_job.periodic_eval_{step}", WAIT_TIMEOUT_S)
 
   def make_data_iterator(*, start_step, local_batch_size, process_index, process_count):
     it, _ = pipeline.make_train_iterator(
@@ -196,7 +247,14 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: st
     return ""
 
   t0 = time.time()
-  params = result.state.inference_params()
+  params = distributed.local_copy(result.state.inference_params())  # Collective (see docstring).
+  if jax.process_count() > 1:
+    print_fn(f"[main] process {jax.process_index()} of {jax.process_count()}: step {result.step}, "
+             f"final loss {(result.history or [{}])[-1].get('loss')!r}, params "
+             f"{distributed.tree_fingerprint(params)}", flush=True)
+  if jax.process_index() != 0:
+    distributed.wait_for_all("vla_jax.main_job.report", WAIT_TIMEOUT_S)
+    return ""  # Process 0 evaluated and wrote the report.
   print_fn(f"[eval] final: {config.eval.num_episodes_per_task} episodes per task on the "
            f"'{config.eval.block}' seed block", flush=True)
   final = evaluator(params, num_episodes_per_task=config.eval.num_episodes_per_task,
@@ -246,6 +304,7 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: st
                              title=f"vla_jax main job: {head} head", command=command,
                              config=config, sections=sections)
   print_fn(f"[report] {path}", flush=True)
+  distributed.wait_for_all("vla_jax.main_job.report", WAIT_TIMEOUT_S)
   return path
 
 
