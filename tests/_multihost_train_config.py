@@ -1,7 +1,7 @@
 """configs/vla_tiny.py shrunk for tests/test_multihost_train.py: the same job and code paths
 (demo collection, tokenizer fitting, flow policy, train loop, closed-loop evaluation, report) at
 toy sizes: 8 reach demos of 10 steps at 32 px, a 2-layer backbone of width 32-64, 3 train steps,
-2 evaluation episodes. Params of at least 512 elements are split across the 2 processes
+a periodic evaluation at step 2 (dev seeds), a final one of 1 episode (test seeds). Params of at least 512 elements are split across the 2 processes
 (``train.mesh.fsdp=-1``) so the evaluation's copy of the params needs the all-gather.
 
 Give ``--config.data_root=<dir>``; ``arg`` is unused.
@@ -22,7 +22,7 @@ def _vla_tiny():
 
 def get_config(arg=None):
   del arg
-  c = _vla_tiny().get_config("steps=3,batch_size=4,eval_episodes=1,eval_every=0")
+  c = _vla_tiny().get_config("steps=3,batch_size=4,eval_episodes=1,eval_every=2")
 
   env = c.collect.env
   env.tasks, env.num_objects, env.horizon, env.image_size = "reach", 2, 10, 32
@@ -42,5 +42,5 @@ def get_config(arg=None):
   c.train.update(log_every=1, checkpoint_every=0, warmup_steps=1, sharding_min_size=512)
   c.train.mesh.update(data=1, fsdp=-1)
 
-  c.eval.update(batch_envs=2, video_episodes=1)
+  c.eval.update(batch_envs=2, video_episodes=1, periodic_episodes_per_task=2)
   return c

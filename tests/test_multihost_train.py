@@ -3,8 +3,10 @@
 Process 0 gets its multi-process settings as flags, process 1 as environment variables, with the
 tiny job of ``_multihost_train_config.py`` (FSDP splits params across the two processes). Asserts:
 both exit 0; process 0 alone built the dataset and fitted the tokenizer while process 1 waited and
-then read them; only process 0 evaluated and wrote the report; both processes end at the same
-step, loss and params (equal to the checkpoint's, gathered across the FSDP split). The settings
+then read them; only process 0 evaluated (periodically on the dev seed block, finally on test)
+and wrote the report, with intervals; both processes end at the same step, loss and params
+(equal to the checkpoint's, gathered across the FSDP split). This is also the end-to-end smoke
+test of the main job through its entry point (tests/test_main_job.py runs it in-process). The settings
 rules (flags, environment, partial or inconsistent settings) are tested without processes.
 """
 
@@ -84,11 +86,23 @@ def test_process_0_alone_builds_the_dataset_and_fits_the_tokenizer(run):
 def test_only_process_0_evaluates_and_writes_the_report(run):
   workdir, _, (out0, out1) = run
   assert "[eval] test block: success" in out0 and "[eval]" not in out1
+  assert "[eval @ step 2] dev block: success" in out0
   assert "[report]" in out0 and "[report]" not in out1
   for name in ("report.md", "training_curve.png", os.path.join("videos", "reach.gif")):
     assert os.path.isfile(os.path.join(workdir, name)), name
   assert re.search(r"Done in [\d.]+ min; report: \S+report.md", out0)
   assert re.search(r"Done in [\d.]+ min\n", out1)
+
+
+def test_report_states_the_test_block_with_counts_and_intervals(run):
+  workdir, _, _ = run
+  with open(os.path.join(workdir, "report.md")) as f:
+    text = f.read()
+  assert "on the **test** seed block" in text
+  assert re.search(r"\| reach \| [01] / 1 \| [\d.]+% \| \[[\d.]+, [\d.]+\] \|", text), text
+  assert re.search(r"\| \*\*mean over tasks\*\* \| [01] / 1 \|", text)
+  assert "Periodic evaluation on the dev seed block (2 episodes per task; step: mean success): 2:" \
+      in text
 
 
 def test_both_processes_train_on_one_fsdp_mesh_and_agree(run):
