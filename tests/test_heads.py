@@ -1,9 +1,12 @@
-"""Action heads: each overfits a small conditioned dataset, samples deterministically, compiles once;
-flow prefix caching and AR KV caching match full recomputation; level-2 copies do not leak.
+"""Action heads: each overfits a small conditioned dataset, samples deterministically, compiles
+once, and fails without its image or its instruction; flow prefix caching and AR KV caching match
+full recomputation; level-2 copies do not leak.
 
-Dataset (``heads.synthetic``): 2 images x 2 instructions = 4 conditions, each with its own smooth
-chunk [H=4, D=2]; the chunks across conditions are distinct modes, so a head must read both the
-image and the instruction (a head ignoring either would average two modes). Micro backbone:
+Dataset (``heads.synthetic``): 2 images x 2 instructions = 4 conditions. Every image shows the
+same two coloured objects at its own random places; instruction k names object k; the target
+chunk [H=4, D=2] reaches the named object's place. ``state`` is one vector for all rows, so only
+the image and the instruction together identify the target: the negative control blanks either
+(empty table, or no text) and the error must rise far above the tolerance. Micro backbone:
 ViT 1 x 32 over 16 x 16 images (4 tokens), Gemma 2 x 32, action expert width 16.
 """
 
@@ -28,6 +31,11 @@ STEPS, LR = 1000, 3e-3
 TOLERANCE = {"flow": 0.1, "diffusion": 0.1, "ar": 0.05, "discrete_diffusion": 0.05,
              "ar_fast": 0.1}
 HEADS = (*policy_lib.HEADS, "ar_fast")
+# Negative control. With the image blanked, the two rows naming one object (in two images) get
+# one observation, as do the two rows of one image with the text blanked; their targets end in
+# distinct grid cells, >= 0.4 apart, so one answer for both misses by >= 0.2 on average. Seen
+# here: mean max |error| 0.6 to 0.9 (or undecodable FAST chunks) against <= 0.06 with both inputs.
+BLANK_MIN_ERROR = 0.2
 
 
 @functools.cache
@@ -129,6 +137,17 @@ def test_head_overfits_samples_deterministically_compiles_once(head, data):
   assert actions.shape == (len(cond), H, D)
   assert err.max() <= TOLERANCE[head], f"{head}: sampled actions off by {err.max():.3f}"
   np.testing.assert_array_equal(actions, np.asarray(again["actions"]))  # Fixed rng: same.
+  for what in ("image", "text"):  # Negative control: each input is needed.
+    blank = sample(params, jax.tree.map(jnp.asarray, synthetic.blank(obs, what)),
+                   jax.random.key(7))
+    blank_err, _ = synthetic.nearest_mode_error(np.asarray(blank["actions"]), cond, targets)
+    blank_valid = np.asarray(blank["valid"])  # A chunk that does not decode is a failure.
+    blank_err = np.where(blank_valid, blank_err, np.inf)
+    print(f"[{head}] without the {what}: max |action error| per sample "
+          f"{np.round(blank_err, 3).tolist()} ({(~blank_valid).sum()} invalid)")
+    assert blank_err.mean() >= max(BLANK_MIN_ERROR, 4 * err.mean()), (
+        f"{head}: the action error did not rise without the {what} ({blank_err.mean():.3f} "
+        f"vs {err.mean():.3f}): the target leaks through another input")
   assert sample._cache_size() == 1 and train_compiles == 1  # No recompilation.
   actions2 = np.asarray(pol.sample_actions(params, obs, jax.random.key(7)))
   np.testing.assert_allclose(actions2, actions, atol=1e-5)
