@@ -1,4 +1,13 @@
-"""A tiny policy-interface model and a deterministic synthetic data source for the training tests.
+"""The two models of the training tests and their deterministic synthetic data source.
+
+* ``"policy"``: the real :mod:`vla_jax.models.policy` with the flow head at micro sizes (ViT
+  1 x 16 over 16 x 16 images, Gemma 1 x 16, action expert width 8; 9,474 params): images,
+  attention, the action expert and the prefix KV cache all run in every train step. The sharding
+  and SIGKILL-resume tests use it: the failures they catch live in those paths. A 5-step run
+  costs about 26 CPU-seconds, nearly all XLA compilation (init and train step).
+* ``"mlp"``: :class:`ToyModel`, an MLP over the proprio history (about 6 CPU-seconds a run):
+  the tests of the loop's own logic (schedules, NaN stop, SIGTERM, multi-host) and compile_check's
+  memory ratios (which need a few big kernels) use it.
 
 Shared by tests/test_training*.py, test_sharding.py, test_multihost.py, test_resume.py and the
 subprocess worker ``_training_worker.py``.
@@ -17,9 +26,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vla_jax.models import policy as policy_lib
 from vla_jax.training import default_train_config
 
-T, S, H, D, L, IMG = 2, 4, 3, 2, 5, 4  # history, state dim, horizon, action dim, text len, pixels.
+T, S, H, D, L, IMG = 2, 4, 3, 2, 5, 16  # history, state dim, horizon, action dim, text len, pixels.
+TEXT_VOCAB = 20  # Text token ids are in [1, TEXT_VOCAB).
+MODELS = ("policy", "mlp")
 
 
 class _MLP(nn.Module):
@@ -77,7 +89,7 @@ def global_batch(step: int, batch_size: int, seed: int = 0) -> dict[str, np.ndar
   actions = np.tanh(state.reshape(batch_size, -1) @ _W).reshape(batch_size, H, D)
   action_mask = np.ones((batch_size, H), bool)
   action_mask[: batch_size // 4, -1] = False
-  tokens = rng.integers(1, 20, size=(batch_size, L)).astype(np.int32)
+  tokens = rng.integers(1, TEXT_VOCAB, size=(batch_size, L)).astype(np.int32)
   return {
       "image/base": rng.integers(0, 255, size=(batch_size, T, IMG, IMG, 3), dtype=np.uint8),
       "obs_mask": obs_mask, "state": state,
@@ -106,8 +118,28 @@ def make_data_iterator(seed: int = 0, poison_step: int | None = None, on_batch=N
   return factory
 
 
-def make_config(**train_overrides) -> ml_collections.ConfigDict:
-  """A full experiment config with a tiny ``train`` section."""
+def tiny_policy_config() -> ml_collections.ConfigDict:
+  """The flow policy at the smallest sizes that still run every path of the real one."""
+  c = policy_lib.default_policy_config("flow")
+  c.backbone.vit.update(width=16, depth=1, mlp_dim=32, num_heads=2, patch_size=8, image_size=IMG,
+                        head_dim=16)  # head_dim: the ViT's output projection to the LM width.
+  c.backbone.llm.update(width=16, depth=1, mlp_dim=32, num_heads=2, num_kv_heads=1, head_dim=8)
+  c.flow.update(expert_width=8, expert_mlp_dim=16)
+  return c
+
+
+def make_model(name: str = "mlp"):
+  """The model ``name`` (one of :data:`MODELS`) for :func:`global_batch`'s shapes."""
+  if name == "mlp":
+    return ToyModel()
+  if name == "policy":
+    return policy_lib.make_policy(tiny_policy_config(), action_dim=D, action_horizon=H,
+                                  state_dim=S, text_vocab_size=TEXT_VOCAB)
+  raise ValueError(f"_training_toy: unknown model '{name}'; known: {MODELS}")
+
+
+def make_config(model: str = "mlp", **train_overrides) -> ml_collections.ConfigDict:
+  """A full experiment config for ``model`` with a tiny ``train`` section."""
   train = default_train_config()
   train.update(num_steps=6, batch_size=8, learning_rate=1e-2, warmup_steps=1, log_every=2,
                checkpoint_every=2, keep_checkpoints=2, sharding_min_size=64)
@@ -116,7 +148,11 @@ def make_config(**train_overrides) -> ml_collections.ConfigDict:
   if mesh is not None:
     train.mesh.update(**mesh)
   config = ml_collections.ConfigDict()
-  config.model = ml_collections.ConfigDict({"name": "toy", "hidden": 32})
+  if model == "policy":
+    config.model = ml_collections.ConfigDict({"name": "policy"})
+    config.policy = tiny_policy_config()
+  else:
+    config.model = ml_collections.ConfigDict({"name": "toy", "hidden": 32})
   config.train = train
   return config
 
@@ -133,17 +169,19 @@ def start_worker(spec: dict, num_devices: int = 1) -> subprocess.Popen:
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish_worker(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+def finish_worker(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
   """Waits for a worker; returns ``(returncode, combined output)``."""
   out, _ = proc.communicate(timeout=timeout)
   return proc.returncode, out
 
 
-def reference_run(workdir: str, **train_overrides):
-  """The same toy run on ONE device in this process (the baseline every layout must match)."""
+def reference_run(workdir: str, model: str = "mlp", **train_overrides):
+  """The same run of ``model`` on ONE device in this process (the baseline every layout must
+  match, and the resume of an interrupted worker run)."""
   from vla_jax.training import mesh as mesh_lib
   from vla_jax.training import trainer
-  config = make_config(**train_overrides)
+  config = make_config(model, **train_overrides)
   one = mesh_lib.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1])
-  return trainer.train(config, workdir, model=ToyModel(), make_data_iterator=make_data_iterator(),
-                       mesh=one, print_fn=lambda *a, **k: None)
+  return trainer.train(config, workdir, model=make_model(model),
+                       make_data_iterator=make_data_iterator(), mesh=one,
+                       print_fn=lambda *a, **k: None)

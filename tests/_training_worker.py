@@ -3,8 +3,9 @@
 Usage: ``python tests/_training_worker.py '<json spec>'``; the spec's ``mode`` is one of
 ``sharding`` (8 simulated devices: losses per mesh + compile_check reports), ``multihost``
 (one process of a ``jax.distributed`` run) or ``train`` (one run, optionally SIGKILL/SIGTERM-ing
-itself when the batch of step ``kill_at`` / ``term_at`` is requested). Results go to ``spec.out``
-as JSON.
+itself when the batch of step ``kill_at`` / ``term_at`` is requested). ``spec.model`` names the
+trained model of ``_training_toy.MODELS`` (default ``"mlp"``; compile_check always measures the
+MLP). Results go to ``spec.out`` as JSON.
 """
 
 import json
@@ -39,10 +40,12 @@ def main(spec):
 
   from vla_jax.training import compile_check, trainer
   out = {"devices": jax.device_count(), "processes": jax.process_count()}
+  model = spec.get("model", "mlp")
   if spec["mode"] == "sharding":
     for name, mesh in spec["meshes"].items():
-      config = toy.make_config(mesh=mesh, **spec["train"])
-      result = trainer.train(config, os.path.join(spec["workdir"], name), model=toy.ToyModel(),
+      config = toy.make_config(model, mesh=mesh, **spec["train"])
+      result = trainer.train(config, os.path.join(spec["workdir"], name),
+                             model=toy.make_model(model),
                              make_data_iterator=toy.make_data_iterator())
       out[name] = {"losses": _losses(result), "specs": _specs(result.state)}
     for name, mesh in spec["compile_meshes"].items():
@@ -67,8 +70,8 @@ def main(spec):
         # Slow steps after the notice: JAX's multi-process preemption sync (an RPC round through
         # the coordinator) would otherwise lose the race against the toy's millisecond steps.
         time.sleep(spec.get("sleep_after_term", 0.0))
-    config = toy.make_config(mesh=spec.get("mesh"), **spec["train"])
-    result = trainer.train(config, spec["workdir"], model=toy.ToyModel(),
+    config = toy.make_config(model, mesh=spec.get("mesh"), **spec["train"])
+    result = trainer.train(config, spec["workdir"], model=toy.make_model(model),
                            make_data_iterator=toy.make_data_iterator(on_batch=on_batch))
     out.update(losses=_losses(result), step=result.step, preempted=result.preempted)
   with open(spec["out"], "w") as f:

@@ -2,7 +2,10 @@
 
 The killed runs are subprocesses; the restarts and the uninterrupted reference run in this process.
 Both end with bit-identical params, which needs a deterministic data order (``start_step``) and
-per-step rngs ``fold_in(base, step)``.
+per-step rngs ``fold_in(base, step)``; restarting the finished run is a no-op. SIGKILL runs on
+the real flow policy at micro sizes (``_training_toy``: ViT, Gemma attention with the action
+expert, prefix KV cache; its orbax checkpoint holds all of those arrays and their AdamW moments);
+SIGTERM, a property of the loop alone, on the MLP toy.
 """
 
 import glob
@@ -19,33 +22,18 @@ from vla_jax.training import trainer
 TRAIN = {"num_steps": 6, "checkpoint_every": 2, "log_every": 2}
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("ref"))
-  result = toy.reference_run(workdir, **TRAIN)
-  return jax.device_get(result.state.params), [h["loss"] for h in result.history], workdir
-
-
 def _steps(workdir):
   return sorted(int(os.path.basename(p)) for p in glob.glob(f"{workdir}/checkpoints/*"))
 
 
-def _resume_and_compare(workdir, reference):
-  result = toy.reference_run(workdir, **TRAIN)
-  assert result.step == 6 and not result.preempted
-  ref_params, ref_losses, _ = reference
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(result.state.params), ref_params)
-  # The resumed run logs the last intervals with the same losses as the uninterrupted one.
-  np.testing.assert_array_equal([h["loss"] for h in result.history],
-                                ref_losses[-len(result.history):])
-
-
-@pytest.mark.parametrize("signal_name", ["kill_at", "term_at"])
-def test_interrupted_run_resumes_exactly(tmp_path, reference, signal_name):
+@pytest.mark.parametrize("model, signal_name", [("policy", "kill_at"), ("mlp", "term_at")])
+def test_interrupted_run_resumes_exactly(tmp_path, model, signal_name):
+  """Each case makes its own uninterrupted reference, so pytest-xdist may place the two cases on
+  different workers without repeating a policy run."""
   workdir = str(tmp_path / "run")
   # The batch of step index 3 is requested after the step-2 checkpoint, mid-way between saves.
   spec = {"mode": "train", "workdir": workdir, "out": str(tmp_path / "out.json"), "train": TRAIN,
-          "mesh": {"data": 1, "fsdp": 1}, signal_name: 3}
+          "mesh": {"data": 1, "fsdp": 1}, "model": model, signal_name: 3}
   code, out = toy.finish_worker(toy.start_worker(spec))
   if signal_name == "kill_at":
     assert code == -9, out
@@ -58,11 +46,17 @@ def test_interrupted_run_resumes_exactly(tmp_path, reference, signal_name):
       res = json.load(f)
     assert res["preempted"] and res["step"] == 4
     assert _steps(workdir) == [2, 4]
-  _resume_and_compare(workdir, reference)
 
+  reference = toy.reference_run(str(tmp_path / "reference"), model, **TRAIN)
+  ref_params = jax.device_get(reference.state.params)
+  result = toy.reference_run(workdir, model, **TRAIN)
+  assert isinstance(result, trainer.TrainResult)
+  assert result.step == 6 and not result.preempted
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(result.state.params), ref_params)
+  # The resumed run logs the last intervals with the same losses as the uninterrupted one.
+  np.testing.assert_array_equal([h["loss"] for h in result.history],
+                                [h["loss"] for h in reference.history][-len(result.history):])
 
-def test_resume_at_the_end_is_a_no_op(reference):
-  again = toy.reference_run(reference[2], **TRAIN)
+  again = toy.reference_run(workdir, model, **TRAIN)  # Resuming a finished run: a no-op.
   assert again.step == 6 and again.history == []
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(again.state.params), reference[0])
-  assert isinstance(again, trainer.TrainResult)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(again.state.params), ref_params)
