@@ -1,5 +1,9 @@
-"""The main job: its config, its consistency checks, and the whole job end to end at tiny sizes
-(demo collection, training, periodic and final closed-loop evaluation, videos, report.md)."""
+"""The main job's config, its consistency checks and the seed blocks.
+
+The whole job end to end at tiny size (demo collection, training, periodic evaluation on dev,
+final evaluation on test, videos, report.md, reloading the checkpoint) runs through its entry
+point in tests/test_multihost_train.py, and piece by piece in colabs/quickstart.ipynb.
+"""
 
 import importlib.util
 import itertools
@@ -90,49 +94,3 @@ def test_seed_blocks_are_disjoint_and_evaluation_refuses_demo_seeds():
     seeds.eval_episodes("demo", [0], 1)
   with pytest.raises(ValueError, match="exceeds it"):
     seeds.DEV.seeds(2, seeds.BLOCK_SIZE - 1)
-
-
-def _tiny_job_config(data_root):
-  """The main job at tiny sizes: 8 demos of 12 steps at 32 px, 1-layer backbone, 4 steps."""
-  c = _config_module().get_config(f"steps=4,eval_episodes=2,eval_every=2,data_root={data_root}")
-  c.collect.num_train_episodes, c.collect.num_validation_episodes = 8, 2
-  c.collect.batch_envs = 8
-  c.collect.env.horizon = 12
-  c.collect.keep_failures = True  # 12 steps are too short for most expert episodes to succeed
-  for section in (c.collect.env, c.data, c.policy.backbone.vit):
-    section.image_size = 32
-  c.policy.backbone.vit.update(width=16, depth=1, mlp_dim=32, num_heads=2, keypoints=4)
-  c.policy.backbone.llm.update(width=32, depth=1, mlp_dim=64, num_heads=2, num_kv_heads=1,
-                               head_dim=16)
-  c.policy.flow.update(expert_width=16, expert_mlp_dim=32, num_noise_samples=2)
-  c.data.shuffle_buffer, c.data.episode_shuffle_buffer = 64, 4
-  c.train.batch_size, c.train.log_every, c.train.checkpoint_every = 8, 2, 2
-  c.train.warmup_steps = 1
-  c.eval.update(batch_envs=4, periodic_episodes_per_task=1, video_episodes=1)
-  return c
-
-
-def test_main_job_end_to_end_at_tiny_size(tmp_path):
-  config = _tiny_job_config(str(tmp_path / "data"))
-  workdir = str(tmp_path / "run")
-  lines = []
-  path = main_job.run_main_job(config, workdir, command="pytest tiny main job",
-                               print_fn=lambda *a, **k: lines.append(" ".join(map(str, a))))
-  with open(path) as f:
-    text = f.read()
-  log = "\n".join(lines)
-  # Periodic evaluation on dev at step 2 (not at the last step: the final one covers it).
-  assert "[eval @ step 2] dev block" in log and "[eval @ step 4]" not in log
-  # The final evaluation on test: per task and mean, with counts and 95% intervals.
-  assert "on the **test** seed block" in text
-  assert "| task | successes / episodes | success | 95% interval |" in text
-  for task in ("reach", "push", "pick_place", "lift"):
-    assert f"| {task} | " in text and " / 2 | " in text
-  assert "| **mean over tasks** | " in text and " / 8 | " in text
-  assert os.path.exists(os.path.join(workdir, "training_curve.png"))
-  for task in ("reach", "push", "pick_place", "lift"):
-    gif = os.path.join(workdir, "videos", f"{task}.gif")
-    assert os.path.getsize(gif) > 0, gif
-  # The run is self-describing: the checkpoint alone rebuilds the policy for experiments/eval.py.
-  loaded = main_job.load_checkpoint_policy(workdir)
-  assert loaded.step == 4 and loaded.config["eval"]["block"] == "test"

@@ -6,7 +6,7 @@ both exit 0; process 0 alone built the dataset and fitted the tokenizer while pr
 then read them; only process 0 evaluated (periodically on the dev seed block, finally on test)
 and wrote the report, with intervals; both processes end at the same step, loss and params
 (equal to the checkpoint's, gathered across the FSDP split). This is also the end-to-end smoke
-test of the main job through its entry point (tests/test_main_job.py runs it in-process). The settings
+test of the main job through its entry point (colabs/quickstart.ipynb runs it in-process). The settings
 rules (flags, environment, partial or inconsistent settings) are tested without processes.
 """
 
@@ -107,6 +107,7 @@ def test_report_states_the_test_block_with_counts_and_intervals(run):
 
 def test_both_processes_train_on_one_fsdp_mesh_and_agree(run):
   import jax  # pylint: disable=g-import-not-at-top
+
   from vla_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   workdir, _, (out0, out1) = run
   assert "mesh {'data': 1, 'fsdp': 2} (2 processes), global batch 4 (2 per process)" in out0
@@ -118,6 +119,10 @@ def test_both_processes_train_on_one_fsdp_mesh_and_agree(run):
   assert step == "3" and float(loss) > 0
   saved = checkpoints.load_params(workdir)
   assert distributed.tree_fingerprint(jax.device_get(saved)) == fingerprint
+  # Self-describing: the checkpoint alone rebuilds the policy (what experiments/eval.py does).
+  from vla_jax.jobs import main_job  # pylint: disable=g-import-not-at-top
+  loaded = main_job.load_checkpoint_policy(workdir)
+  assert loaded.step == 3 and loaded.config["eval"]["block"] == "test"
 
 
 @pytest.mark.parametrize("kwargs, environ, match", [
