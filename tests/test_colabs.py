@@ -16,10 +16,13 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs(path):
+def test_notebook_runs(path, tmp_path, monkeypatch):
   nb = nbformat.read(path, as_version=4)
   # `python3` resolves to ipykernel in this interpreter (no user-level kernelspec is needed); the
-  # kernel starts in the repo root and inherits this process's environment (CPU-only JAX).
+  # kernel starts in the repo root and inherits this process's environment (CPU-only JAX), with
+  # TMPDIR pointing here so what a notebook writes to `tempfile` dirs (datasets, checkpoints) is
+  # cleaned up with pytest's tmp_path.
+  monkeypatch.setenv("TMPDIR", str(tmp_path))
   client = NotebookClient(nb, timeout=300, kernel_name="python3",
                           resources={"metadata": {"path": REPO}})
   client.execute()  # Raises CellExecutionError with the failing cell and traceback.
