@@ -7,10 +7,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # Headless: the report is written on machines without a display.
-import matplotlib.pyplot as plt
+# A Figure with its own canvas, not pyplot: headless (no display needed) without switching the
+# process-wide backend, so a notebook that imports this keeps its inline plots.
+from matplotlib.figure import Figure
 
 from vla_jax.eval import intervals
 
@@ -18,7 +17,8 @@ from vla_jax.eval import intervals
 def plot_training_curve(history: Sequence[Mapping[str, float]],
                         evals: Sequence[tuple[int, float]], path: str) -> str:
   """Loss per logged step (log scale) and periodic closed-loop success; saves a PNG at ``path``."""
-  fig, ax = plt.subplots(figsize=(7, 4))
+  fig = Figure(figsize=(7, 4))
+  ax = fig.add_subplot()
   steps = [h["step"] for h in history]
   ax.plot(steps, [h["loss"] for h in history], color="tab:blue", label="train loss")
   ax.set_yscale("log")
@@ -33,7 +33,6 @@ def plot_training_curve(history: Sequence[Mapping[str, float]],
   ax.set_title("training curve")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
 
