@@ -56,11 +56,14 @@ def _child(cpu_devices: int) -> dict:
   n = mesh_lib.configure_cpu_devices(cpu_devices, min(int(b) for b in _BATCHES.value))
 
   import functools  # pylint: disable=g-import-not-at-top
+
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from vla_jax.models import policy as policy_lib  # pylint: disable=g-import-not-at-top
-  from vla_jax.training import global_batch, optimizer as opt_lib  # pylint: disable=g-import-not-at-top
-  from vla_jax.training import train_state as state_lib, train_step, trainer  # pylint: disable=g-import-not-at-top
+  from vla_jax.training import global_batch, train_step, trainer  # pylint: disable=g-import-not-at-top
+  from vla_jax.training import optimizer as opt_lib
+  from vla_jax.training import train_state as state_lib  # pylint: disable=g-import-not-at-top
 
   policy = policy_lib.make_policy(config.policy, action_dim=ACTION_DIM, action_horizon=HORIZON,
                                   state_dim=STATE_DIM, text_vocab_size=TEXT_VOCAB)

@@ -36,9 +36,8 @@ from vla_jax.jobs import checks
 from vla_jax.models import policy as policy_lib
 from vla_jax.tokenizers import fast, text
 from vla_jax.training import assets as assets_lib
-from vla_jax.training import distributed
+from vla_jax.training import distributed, trainer
 from vla_jax.training import mesh as mesh_lib
-from vla_jax.training import trainer
 
 DATASET = tabletop_demos.DATASET_NAME
 TOKENIZER_DIR = "tokenizers"  # <workdir>/tokenizers/{text,action}: fitted once, reused on resume

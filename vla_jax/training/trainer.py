@@ -31,14 +31,13 @@ from jax.sharding import Mesh
 
 from vla_jax.training import assets as assets_lib
 from vla_jax.training import checkpoints as ckpt_lib
-from vla_jax.training import global_batch, preemption
+from vla_jax.training import global_batch, preemption, transfer
 from vla_jax.training import mesh as mesh_lib
 from vla_jax.training import metrics as metrics_lib
 from vla_jax.training import optimizer as optimizer_lib
 from vla_jax.training import sharding as sharding_lib
 from vla_jax.training import train_state as state_lib
 from vla_jax.training import train_step as step_lib
-from vla_jax.training import transfer
 
 
 class Model(Protocol):
