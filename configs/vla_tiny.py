@@ -11,8 +11,8 @@ end), data_root (workdirs/data: the demo dataset is built there once and reused)
 Writes ``<workdir>/report.md`` (success per task on the ``test`` seed block with 95% Wilson
 intervals, training curve, latency, GIFs), TensorBoard events and checkpoints.
 Expected (2026-12-02, fresh clone, 2-core CPU machine): 83.5% [79.5, 86.8] mean success on the
-``test`` seed block (n = 400; reach 100%, push 55%, pick_place 82%, lift 97%) in 31.8 min, with
-another process sharing the cores (about 30 min on an idle machine).
+``test`` seed block (n = 400; reach 100%, push 55%, pick_place 82%, lift 97%) in 22.0 min on an
+idle machine (31.8 min with another process sharing the cores; the same checkpoint both times).
 
 History of what was tried and measured: docs/experiments/vla_tiny.md.
 """
