@@ -134,6 +134,38 @@ class Policy:
     """float32 [B, H, D] normalized action chunks (NaN rows where a token head failed)."""
     return self.head.sample(params, observation, rng)["actions"]
 
+  def sample_stochastic(self, params: Any, observation: dict, rng: jax.Array, **options) -> dict:
+    """RL sampling: ``{"actions" [B, H, D], "valid" [B], "log_prob" float32 [B], "sample":
+    {per-row arrays that :meth:`log_prob` re-scores}, "nfe"}``; ``options`` are the head's
+    (flow: ``noise_std``, ``num_steps``; token heads: ``temperature``).
+
+    Raises:
+      NotImplementedError: naming the head when it has no stochastic sampler.
+    """
+    return self._rl_method("sample_stochastic")(params, observation, rng, **options)
+
+  def log_prob(self, params: Any, observation: dict, sample: dict, **options) -> jax.Array:
+    """float32 [B]: exact log-likelihood of ``sample`` (from :meth:`sample_stochastic` with the
+    same options), differentiable in ``params``."""
+    return self._rl_method("log_prob")(params, observation, sample, **options)
+
+  def cfm_losses(self, params: Any, observation: dict, actions: jax.Array, noise: jax.Array,
+                 t: jax.Array) -> jax.Array:
+    """Flow head only (FPO): per-sample flow-matching losses float32 [B, M]."""
+    return self._rl_method("cfm_losses")(params, observation, actions, noise, t)
+
+  def supports(self, method: str) -> bool:
+    """Whether the head implements an RL method (``sample_stochastic``, ``cfm_losses``...)."""
+    return callable(getattr(self.head, method, None))
+
+  def _rl_method(self, method: str):
+    if not self.supports(method):
+      have = [m for m in ("sample_stochastic", "log_prob", "cfm_losses") if self.supports(m)]
+      raise NotImplementedError(
+          f"the '{self.config.head}' head has no {method}() (it implements {have or 'none'} of "
+          "the RL methods); choose an algorithm this head supports")
+    return getattr(self.head, method)
+
   def pretrained_params(self, abstract_params: Any) -> tuple[dict[str, np.ndarray], str] | None:
     """The backbone of ``config.init_from`` as initial values (None when it is "").
 

@@ -27,11 +27,25 @@ block-diagonal mask (Mini-Diffuser's layout) gives the same numbers but pays att
 M * H queries over P + M * H keys, quadratic in M; folding pays M * H * (P + H), linear in M.
 
 Loss: mean squared velocity error over D, averaged over valid chunk steps (``action_mask``) and M.
+
+RL (two ways to get a policy ratio; ``vla_jax.rl``):
+
+* Flow-Noise (ReinFlow, Zhang et al. 2025; the noise-injected flow of piRL): Gaussian noise of std
+  ``noise_std`` (normalized action units, per Euler step) is added after every Euler step, so the
+  chain ``x_0 ~ N(0, temperature^2) -> x_1 -> ... -> x_K = actions`` is a Markov chain of
+  Gaussians ``x_{k+1} ~ N(x_k + dt v(x_k, t_k), noise_std^2)`` whose log-likelihood is exact
+  (:meth:`FlowHead.sample_stochastic` records the chain, :meth:`FlowHead.log_prob` re-scores it
+  with all K velocities in one folded pass, as level-2 copies). The std is scheduled (a config
+  value), not learned: ReinFlow's learnable noise network is a possible extension.
+* FPO (Flow Policy Optimization, McAllister et al. 2025): no likelihood; the ratio is
+  ``exp(L_old - L_theta)`` from per-sample conditional flow-matching losses of the executed chunk
+  at fixed (noise, time) pairs (:meth:`FlowHead.cfm_losses`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 import flax.linen as nn
@@ -119,6 +133,15 @@ class FlowModule(nn.Module):
     loss = common.masked_chunk_mean(err, batch["action_mask"])
     return loss, {"flow_mse": loss}
 
+  def cfm_losses(self, obs: Mapping[str, Array], actions: Array, noise: Array, t: Array) -> Array:
+    """Per-sample flow-matching losses float32 [B, M] of chunks ``actions`` [B, H, D] at given
+    ``noise`` [B, M, H, D] and times ``t`` [B, M] (FPO): mean squared velocity error over H, D."""
+    tb = t[..., None, None]
+    x_t = tb * noise + (1.0 - tb) * actions[:, None].astype(jnp.float32)
+    prefix_mask, cache = self.prefix(obs)
+    v = self.velocity(x_t, t, prefix_mask, cache)
+    return jnp.mean(jnp.square(v - (noise - actions[:, None])), axis=(-2, -1))
+
 
 @dataclasses.dataclass(frozen=True, eq=False)  # Hashed by identity (jit of bound methods).
 class FlowHead:
@@ -190,3 +213,93 @@ class FlowHead:
 
     x, _ = jax.lax.scan(step, x, jnp.arange(n, dtype=jnp.float32))
     return {"actions": x[:, 0], "valid": jnp.ones((b,), bool), "nfe": jnp.asarray(n, jnp.int32)}
+
+  def _check_stochastic(self, num_steps, noise_std, temperature) -> tuple[int, float, float]:
+    n = int(num_steps or self.num_steps)
+    temp = self.noise_temperature if temperature is None else float(temperature)
+    if n < 1:
+      raise ValueError(f"FlowHead: num_steps must be >= 1, got {n}")
+    if not noise_std > 0:
+      raise ValueError(f"FlowHead: noise_std must be > 0 for an exact likelihood, got {noise_std}")
+    if not temp > 0:
+      raise ValueError(f"FlowHead: noise_temperature must be > 0 for an exact likelihood, got "
+                       f"{temp}")
+    return n, float(noise_std), temp
+
+  def sample_stochastic(self, params, obs, rng, num_steps: int | None = None,
+                        noise_std: float = 0.1, noise_temperature: float | None = None
+                        ) -> dict[str, Array]:
+    """Flow-Noise sampling: Euler steps with Gaussian noise after each (module docstring).
+
+    Args:
+      num_steps: K Euler steps (static; default ``self.num_steps``).
+      noise_std: std of the noise added after every step, normalized action units (> 0).
+      noise_temperature: std of x_0 (> 0; default ``self.noise_temperature``).
+
+    Returns:
+      ``{"actions" [B, H, D], "valid" [B] (all True), "log_prob" float32 [B], "nfe" int32 [],
+      "sample": {"chain": float32 [B, K + 1, H, D]}}`` (x_0 ... x_K, x_K = actions).
+    """
+    n, std, temp = self._check_stochastic(num_steps, noise_std, noise_temperature)
+    mod = self.module
+    b = obs["obs_mask"].shape[0]
+    shape = (b, 1, mod.horizon, mod.action_dim)
+    init_key, step_key = jax.random.split(rng)
+    x0 = temp * jax.random.normal(init_key, shape)
+    prefix_mask, cache = mod.apply({"params": params}, obs, method=FlowModule.prefix)
+    dt = -1.0 / n
+
+    def step(x_t, inputs):
+      i, key = inputs
+      t = jnp.full((b, 1), 1.0 + i * dt, jnp.float32)
+      v = mod.apply({"params": params}, x_t, t, prefix_mask, cache, method=FlowModule.velocity)
+      eps = jax.random.normal(key, shape)
+      x_next = x_t + dt * v + std * eps
+      return x_next, (x_next, _std_normal_logpdf(eps, std))
+
+    _, (xs, step_logp) = jax.lax.scan(step, x0, (jnp.arange(n, dtype=jnp.float32),
+                                                 jax.random.split(step_key, n)))
+    chain = jnp.concatenate([x0[:, 0][:, None], jnp.moveaxis(xs[:, :, 0], 0, 1)], axis=1)
+    logp = _std_normal_logpdf(x0 / temp, temp) + jnp.sum(step_logp, axis=0)
+    return {"actions": chain[:, -1], "valid": jnp.ones((b,), bool), "log_prob": logp,
+            "nfe": jnp.asarray(n, jnp.int32), "sample": {"chain": chain}}
+
+  def _chain_velocities(self, params, prefix_mask, cache, chain: Array, n: int) -> Array:
+    """Velocities float32 [B, K, H, D] at every chain state but the last, in one folded pass."""
+    b = chain.shape[0]
+    t = jnp.broadcast_to(1.0 - jnp.arange(n, dtype=jnp.float32) / n, (b, n))
+    return self.module.apply({"params": params}, chain[:, :n], t, prefix_mask, cache,
+                             method=FlowModule.velocity)
+
+  @staticmethod
+  def _chain_log_prob(chain: Array, velocities: Array, n: int, std: float, temp: float) -> Array:
+    """Sum of the chain's Gaussian log-densities float32 [B] (x_0's included)."""
+    means = chain[:, :n] + (-1.0 / n) * velocities
+    return (_std_normal_logpdf(chain[:, 0] / temp, temp)
+            + _std_normal_logpdf((chain[:, 1:] - means) / std, std))
+
+  def log_prob(self, params, obs, sample: Mapping[str, Array], num_steps: int | None = None,
+               noise_std: float = 0.1, noise_temperature: float | None = None) -> Array:
+    """Log-likelihood float32 [B] of ``sample["chain"]`` [B, K + 1, H, D] under the Flow-Noise
+    chain with these options (equal to :meth:`sample_stochastic`'s ``log_prob`` for the same
+    params); differentiable in ``params``."""
+    n, std, temp = self._check_stochastic(num_steps, noise_std, noise_temperature)
+    chain = sample["chain"]
+    want = (obs["obs_mask"].shape[0], n + 1, self.module.horizon, self.module.action_dim)
+    if chain.shape != want:
+      raise ValueError(f"FlowHead.log_prob: sample['chain'] must be [B, K+1, H, D] = {want} "
+                       f"(num_steps={n}), got {tuple(chain.shape)}")
+    prefix_mask, cache = self.module.apply({"params": params}, obs, method=FlowModule.prefix)
+    return self._chain_log_prob(chain, self._chain_velocities(params, prefix_mask, cache, chain,
+                                                              n), n, std, temp)
+
+  def cfm_losses(self, params, obs, actions: Array, noise: Array, t: Array) -> Array:
+    """FPO's per-sample losses float32 [B, M] (see :meth:`FlowModule.cfm_losses`)."""
+    return self.module.apply({"params": params}, obs, actions, noise, t,
+                             method=FlowModule.cfm_losses)
+
+
+def _std_normal_logpdf(z: Array, std: float) -> Array:
+  """log N(x; mean, std^2) summed over every axis but the first, from ``z = (x - mean) / std``."""
+  per = -0.5 * jnp.square(z) - math.log(std) - 0.5 * math.log(2 * math.pi)
+  return jnp.sum(per, axis=tuple(range(1, z.ndim)))
