@@ -10,6 +10,9 @@ import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
+# Metrics added to the progress line when a step function reports them (RL's rollout success).
+SHOWN_IF_PRESENT = ("rollout_success",)
+
 
 def first_nonfinite(metrics: Sequence[dict]) -> int | None:
   """Index of the first host metrics dict whose loss or grad_norm is NaN/inf, else None."""
@@ -68,6 +71,7 @@ class MetricsLogger:
       eta = _eta((self.num_steps - step) / max(steps_per_s, 1e-9))
       line = (f"step {step}/{self.num_steps} loss {out['loss']:.5f} "
               f"steps/s {steps_per_s:.2f} examples/s {out['examples_per_s']:.1f} ETA {eta}")
+      line += "".join(f" {k} {out[k]:.3f}" for k in SHOWN_IF_PRESENT if k in out)
       self.print_fn(line, flush=True)  # Once: not also to absl logging (stderr on a console).
     return out
 

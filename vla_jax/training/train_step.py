@@ -29,12 +29,8 @@ def train_step(state: TrainState, batch: dict, *, model: Any,
   """
   rng = jax.random.fold_in(state.rng, state.step)
   (loss, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(state.params, batch, rng)
-  train_mask = jax.tree.map(lambda _: True, state.params)
-  if trainable != transfer.DEFAULT_TRAINABLE:
-    train_mask = transfer.trainable_mask(state.params, trainable)
-    grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, train_mask)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  params, opt_state, grads, train_mask = apply_gradients(state.params, state.opt_state, grads,
+                                                         optimizer, trainable)
   ema_params = state.ema_params
   if ema_decay > 0:
     # Warm the decay up, (1 + n) / (10 + n) capped at ema_decay (the num_updates rule of TF's
@@ -51,6 +47,22 @@ def train_step(state: TrainState, batch: dict, *, model: Any,
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             ema_params=ema_params)
   return new_state, metrics
+
+
+def apply_gradients(params: Any, opt_state: Any, grads: Any,
+                    optimizer: optax.GradientTransformation,
+                    trainable: str = transfer.DEFAULT_TRAINABLE) -> tuple[Any, Any, Any, Any]:
+  """One optimizer update: ``(params, opt_state, grads, train_mask)``, the gradients of frozen
+  params (``trainable``, see :mod:`transfer`) zeroed first so XLA does not compute them.
+
+  Shared by every step function (supervised here, RL in ``vla_jax.rl.step``).
+  """
+  train_mask = jax.tree.map(lambda _: True, params)
+  if trainable != transfer.DEFAULT_TRAINABLE:
+    train_mask = transfer.trainable_mask(params, trainable)
+    grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, train_mask)
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, grads, train_mask
 
 
 def make_train_step(model: Any, optimizer: optax.GradientTransformation, schedule: optax.Schedule,

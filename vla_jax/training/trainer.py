@@ -132,7 +132,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model,
           make_data_iterator: DataIteratorFactory, assets: assets_lib.Assets | None = None,
           mesh: Mesh | None = None, print_fn: Callable[..., None] = print,
           callback: Callable[[int, state_lib.TrainState], None] | None = None,
-          callback_every: int = 0) -> TrainResult:
+          callback_every: int = 0, make_step: Callable[..., Callable] | None = None
+          ) -> TrainResult:
   """Trains ``model`` on the batches of ``make_data_iterator``; resumes from ``workdir``.
 
   Args:
@@ -154,6 +155,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model,
       ``state.inference_params()``); it must not keep ``state``, whose buffers the next step
       donates. Called after that step's checkpoint, so a slow callback never delays a save.
     callback_every: steps between callbacks (0 = never).
+    make_step: builds the step function ``(state, batch) -> (state, metrics)`` from the
+      arguments of :func:`train_step.make_train_step` (default: that function, the supervised
+      step on ``model.loss``). RL passes ``vla_jax.rl.step.RLStepBuilder`` (the batch is then
+      the iteration's start states, and the step collects rollouts and updates); everything
+      else (state, resume, checkpoints, logging, NaN stop, SIGTERM) is this same loop.
 
   Returns:
     A :class:`TrainResult`.
@@ -206,9 +212,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model: Model,
                f"({local_bs} per process), steps {start_step} -> {tc.num_steps}", flush=True)
       if tc.get("trainable", transfer.DEFAULT_TRAINABLE) != transfer.DEFAULT_TRAINABLE:
         print_fn(transfer.trainable_summary(abstract_state.params, tc.trainable), flush=True)
-    step_fn = step_lib.make_train_step(model, optimizer, schedule, tc.ema_decay, mesh,
-                                       state_shardings,
-                                       tc.get("trainable", transfer.DEFAULT_TRAINABLE))
+    step_fn = (make_step or step_lib.make_train_step)(
+        model, optimizer, schedule, tc.ema_decay, mesh, state_shardings,
+        tc.get("trainable", transfer.DEFAULT_TRAINABLE))
     every = callback_every if callback is not None else 0
     return _loop(tc, state, batch, data, start_step, step_fn, mesh, checkpointer, assets, workdir,
                  print_fn, callback, every)

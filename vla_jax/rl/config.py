@@ -1,0 +1,88 @@
+"""The ``rl`` section of an RL fine-tuning config (:func:`default_rl_config`)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+ALGORITHMS = ("grpo",)
+LIKELIHOODS = ("exact", "fpo")
+REWARDS = ("success", "dense")
+
+
+def default_rl_config() -> ml_collections.ConfigDict:
+  """Every key ``vla_jax.rl`` reads, with the published values they start from.
+
+  Keys:
+    algorithm: "grpo" (group-relative advantages, no critic; Shao et al. 2024 as used by
+      SimpleVLA-RL, Li et al. 2025).
+    likelihood: "exact": the head's stochastic sampler and its exact log-likelihood
+      (``policy.sample_stochastic`` / ``policy.log_prob``: Flow-Noise for the flow head, masked
+      token log-probs for token heads); "fpo": Flow Policy Optimization (flow head only): the
+      ratio is ``exp(L_old - L_new)`` of per-sample flow-matching losses at ``fpo_samples``
+      fixed (noise, time) pairs per decision (McAllister et al. 2025).
+    group_size: G rollouts from one start state (SimpleVLA-RL: 8).
+    num_groups: start states per iteration; ``train.batch_size = num_groups * group_size`` envs.
+    reward: "success" (binary, at the episode's end; SimpleVLA-RL's outcome reward) or "dense"
+      (the env's shaped reward summed over the episode).
+    dynamic_sampling: drop groups whose G returns are all equal (all success or all failure:
+      zero advantage, no signal; DAPO, Yu et al. 2025, and SimpleVLA-RL).
+    clip_low, clip_high: asymmetric ratio clipping ``[1 - clip_low, 1 + clip_high]`` (DAPO's
+      "clip-higher", 0.2 / 0.28, also SimpleVLA-RL's).
+    kl_coef: weight of a k3 estimate of KL(policy || reference) on the sampled decisions, the
+      reference being the starting checkpoint (0 = off: DAPO and SimpleVLA-RL drop it).
+    updates_per_iteration: optimizer steps on each batch of rollouts (each on a fresh random
+      subset of decisions; the ratio is against the rollout policy).
+    decisions_per_update: decisions (env step, env) drawn per optimizer step among those of
+      kept groups while the episode ran (the loss is their mean; all of them would be
+      ``num_envs x horizon`` backbone passes with gradients).
+    sample_options: the head's stochastic sampling options, e.g. flow ``noise_std`` (ReinFlow
+      bounds its learned std to [0.08, 0.16] in normalized units for visual manipulation; 0.1
+      here) and ``num_steps``; token heads ``temperature`` (SimpleVLA-RL samples at 1.6).
+    fpo_samples: (noise, time) pairs per decision for ``likelihood="fpo"``.
+    done_on_success: episodes stop at success during RL (later decisions would only add noise
+      to the gradient); evaluation keeps the env's own setting.
+    tasks: comma-separated task families to train on ("" = every task of the env).
+    eval_every: iterations between periodic evaluations on the dev block (0 = off).
+    eval_episodes_per_task: episodes per task of those periodic evaluations.
+  """
+  return ml_collections.ConfigDict({
+      "algorithm": "grpo",
+      "likelihood": "exact",
+      "group_size": 8,
+      "num_groups": 8,
+      "reward": "success",
+      "dynamic_sampling": True,
+      "clip_low": 0.2,
+      "clip_high": 0.28,
+      "kl_coef": 0.0,
+      "updates_per_iteration": 2,
+      "decisions_per_update": 256,
+      "sample_options": ml_collections.ConfigDict({"noise_std": 0.1}),
+      "fpo_samples": 4,
+      "done_on_success": True,
+      "tasks": "",
+      "eval_every": 20,
+      "eval_episodes_per_task": 10,
+  })
+
+
+def check_rl_config(rl: ml_collections.ConfigDict, head: str) -> None:
+  """Raises ValueError naming the key when the ``rl`` section is inconsistent."""
+  if rl.algorithm not in ALGORITHMS:
+    raise ValueError(f"rl.algorithm='{rl.algorithm}' not in {ALGORITHMS}")
+  if rl.likelihood not in LIKELIHOODS:
+    raise ValueError(f"rl.likelihood='{rl.likelihood}' not in {LIKELIHOODS}")
+  if rl.likelihood == "fpo" and head != "flow":
+    raise ValueError(f"rl.likelihood='fpo' needs the flow head; this checkpoint's head is "
+                     f"'{head}' (use rl.likelihood='exact')")
+  if rl.reward not in REWARDS:
+    raise ValueError(f"rl.reward='{rl.reward}' not in {REWARDS}")
+  for key in ("group_size", "num_groups", "updates_per_iteration", "decisions_per_update",
+              "fpo_samples"):
+    if rl[key] < 1:
+      raise ValueError(f"rl.{key}={rl[key]} must be >= 1")
+  if rl.group_size < 2:
+    raise ValueError(f"rl.group_size={rl.group_size}: group-relative advantages need >= 2")
+  if not (0 <= rl.clip_low < 1 and rl.clip_high >= 0):
+    raise ValueError(f"rl.clip_low={rl.clip_low} must be in [0, 1), rl.clip_high="
+                     f"{rl.clip_high} >= 0")
