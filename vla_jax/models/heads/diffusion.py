@@ -25,11 +25,13 @@ posterior mean (x0 clipped inside it as above: a deterministic function of x_k, 
 an exact Gaussian) and ``std_k = max(sigma_k, min_std)``: DPPO clips the std from below (0.1 in its
 released configs, ``min_sampling_denoising_std`` = ``min_logprob_denoising_std``) to keep
 exploring and, since sigma = 0 on the last step, to keep the likelihood finite. The sampled x_{k-1}
-is never clipped (that would break the density); actions may leave [-1, 1] by about min_std. It
-records the chain [B, K+1, H, D] and its log-likelihood, the sum of the K step log-densities (or
-of the last ``last_k`` steps: DPPO fine-tunes only those, the earlier ones count as environment);
-log N(x_K; 0, I) is left out (it does not depend on params). ``log_prob`` re-scores a recorded
-chain in one denoiser call over all scored steps, with gradients w.r.t. params.
+is never clipped (that would break the density): the last step's mean is the clipped x0, so
+actions leave [-1, 1] only by the Gaussian tail of min_std; clip them for the env outside the
+likelihood, as DPPO does with its final action. It records the chain [B, K+1, H, D] and its
+log-likelihood, the sum of the K step log-densities (or of the last ``last_k`` steps: DPPO
+fine-tunes only those, the earlier ones count as environment); log N(x_K; 0, I) is left out (it
+does not depend on params). ``log_prob`` re-scores a recorded chain in one denoiser call over the
+scored steps (prefix and readouts once), with gradients w.r.t. params.
 """
 
 from __future__ import annotations
