@@ -39,19 +39,21 @@ def sampling_timesteps(num_train_steps: int, num_steps: int) -> np.ndarray:
   return np.round(np.linspace(num_train_steps - 1, 0, num_steps)).astype(np.int32)
 
 
-def ddim_step(x: Array, eps: Array, ab_t: Array, ab_prev: Array, eta: float, noise: Array,
-              clip: float) -> Array:
-  """One generalized DDIM update (see the module docstring).
+def ddim_mean_std(x: Array, eps: Array, ab_t: Array, ab_prev: Array, eta: float,
+                  clip: float) -> tuple[Array, Array]:
+  """Mean and std of the generalized DDIM transition p(x_prev | x) (see the module docstring).
 
   Args:
     x: the current sample x_t [...]; eps: predicted noise, same shape.
-    ab_t, ab_prev: alpha_bar at the current and next (less noisy) step (1.0 after the last).
-    eta: 0 = DDIM, 1 = DDPM; noise: standard normal like ``x``.
+    ab_t, ab_prev: alpha_bar at the current and next (less noisy) step (1.0 after the last),
+      scalars or arrays broadcasting against ``x``.
+    eta: 0 = DDIM, 1 = DDPM.
     clip: clip the predicted x0 to [-clip, clip] (0 = no clipping); eps is recomputed from the
-      clipped x0 so the update stays consistent.
+      clipped x0 so the update stays consistent. Clipping is a deterministic function of x, so
+      the transition stays an exact Gaussian.
 
   Returns:
-    x_prev, same shape and dtype as ``x``.
+    (mean like ``x``, sigma broadcast of ``ab_t`` and ``ab_prev``); ``x_prev = mean + sigma z``.
   """
   x0 = (x - jnp.sqrt(1.0 - ab_t) * eps) / jnp.sqrt(ab_t)
   if clip > 0:
@@ -59,4 +61,33 @@ def ddim_step(x: Array, eps: Array, ab_t: Array, ab_prev: Array, eta: float, noi
     eps = (x - jnp.sqrt(ab_t) * x0) / jnp.sqrt(1.0 - ab_t)
   sigma = eta * jnp.sqrt((1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - ab_t / ab_prev))
   direction = jnp.sqrt(jnp.maximum(1.0 - ab_prev - sigma**2, 0.0)) * eps
-  return jnp.sqrt(ab_prev) * x0 + direction + sigma * noise
+  return jnp.sqrt(ab_prev) * x0 + direction, sigma
+
+
+def ddim_step(x: Array, eps: Array, ab_t: Array, ab_prev: Array, eta: float, noise: Array,
+              clip: float) -> Array:
+  """One generalized DDIM update: ``mean + sigma * noise`` of :func:`ddim_mean_std`.
+
+  Args:
+    x, eps, ab_t, ab_prev, eta, clip: as :func:`ddim_mean_std`; noise: standard normal like ``x``.
+
+  Returns:
+    x_prev, same shape and dtype as ``x``.
+  """
+  mean, sigma = ddim_mean_std(x, eps, ab_t, ab_prev, eta, clip)
+  return mean + sigma * noise
+
+
+def gaussian_log_prob(x: Array, mean: Array, std: Array, num_event_dims: int) -> Array:
+  """Log-density of x under N(mean, std^2 I), summed over the last ``num_event_dims`` axes.
+
+  Args:
+    x, mean: same shape [..., *event]; std: positive, broadcasting against them.
+
+  Returns:
+    float32 [...] (the batch axes).
+  """
+  std = jnp.broadcast_to(std, x.shape)
+  z = (x - mean) / std
+  lp = -0.5 * jnp.square(z) - jnp.log(std) - 0.5 * math.log(2.0 * math.pi)
+  return jnp.sum(lp, axis=tuple(range(-num_event_dims, 0)))

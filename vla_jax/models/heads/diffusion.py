@@ -18,6 +18,20 @@ Sampling in ``lax.scan``: ``sampler="ddpm"`` (eta = 1) or ``"ddim"`` (eta = 0) o
 per step (nfe = num_steps). The predicted x0 is clipped to ``[-clip_sample, clip_sample]``
 (default 1.0, the quantile-normalized range, as Diffusion Policy's ``clip_sample``; Octo clips
 z-scored actions to 5.0; 0 disables): early high-noise x0 estimates are otherwise far off).
+
+RL (DPPO, Ren et al. 2024). ``sample_stochastic`` runs the DDPM ancestral chain x_K -> ... -> x_0
+over the same K evenly spaced levels, each step x_{k-1} ~ N(mu_theta(x_k, k), std_k^2 I) with the
+posterior mean (x0 clipped inside it as above: a deterministic function of x_k, so the step stays
+an exact Gaussian) and ``std_k = max(sigma_k, min_std)``: DPPO clips the std from below (0.1 in its
+released configs, ``min_sampling_denoising_std`` = ``min_logprob_denoising_std``) to keep
+exploring and, since sigma = 0 on the last step, to keep the likelihood finite. The sampled x_{k-1}
+is never clipped (that would break the density): the last step's mean is the clipped x0, so
+actions leave [-1, 1] only by the Gaussian tail of min_std; clip them for the env outside the
+likelihood, as DPPO does with its final action. It records the chain [B, K+1, H, D] and its
+log-likelihood, the sum of the K step log-densities (or of the last ``last_k`` steps: DPPO
+fine-tunes only those, the earlier ones count as environment); log N(x_K; 0, I) is left out (it
+does not depend on params). ``log_prob`` re-scores a recorded chain in one denoiser call over the
+scored steps (prefix and readouts once), with gradients w.r.t. params.
 """
 
 from __future__ import annotations
@@ -28,12 +42,14 @@ from collections.abc import Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vla_jax.models import vlm
 from vla_jax.models.heads import common, ddpm
 
 Array = jax.Array
 SAMPLERS = {"ddpm": 1.0, "ddim": 0.0}
+MIN_STD = 0.1  # DPPO's min_sampling_denoising_std / min_logprob_denoising_std (see docstring).
 
 
 class Denoiser(nn.Module):
@@ -177,3 +193,86 @@ class DiffusionHead:
     x, _ = jax.lax.scan(step, x, (jnp.asarray(steps), ab_t, ab_prev, keys))
     return {"actions": x[:, 0], "valid": jnp.ones((b,), bool),
             "nfe": jnp.asarray(len(steps), jnp.int32)}
+
+  def _rl_schedule(self, where: str, num_steps: int | None, min_std: float,
+                   last_k: int | None):
+    """Validated options -> (steps int32 [K], ab_t [K], ab_prev [K] on host, first scored step)."""
+    if not min_std > 0:  # Also rejects NaN.
+      raise ValueError(f"DiffusionHead.{where}: min_std={min_std} must be > 0 (the last DDPM "
+                       "step has sigma 0, so its density needs a floor; DPPO uses 0.1)")
+    steps = ddpm.sampling_timesteps(self.module.num_train_steps,
+                                    int(num_steps or self.num_steps))
+    k = len(steps)
+    if last_k is not None and not 1 <= last_k <= k:
+      raise ValueError(f"DiffusionHead.{where}: last_k={last_k} must lie in [1, num_steps={k}] "
+                       "(or None for all steps)")
+    ab = ddpm.cosine_alpha_bars(self.module.num_train_steps)
+    ab_prev = np.asarray([*ab[steps[1:]], 1.0], np.float32)
+    return steps, ab[steps], ab_prev, k - (k if last_k is None else last_k)
+
+  def _transition(self, params, x_t, t, cond, ab_t, ab_prev, min_std):
+    """DDPM step mean and floored std for x_t [B, M, H, D] at levels t [B, M] (ab_*: [M])."""
+    eps = self.module.apply({"params": params}, x_t, t, cond, method=DiffusionModule.eps)
+    ab_t, ab_prev = ab_t[:, None, None], ab_prev[:, None, None]  # [M, 1, 1] against [B, M, H, D].
+    mean, sigma = ddpm.ddim_mean_std(x_t, eps, ab_t, ab_prev, 1.0, self.clip_sample)
+    return mean, jnp.maximum(sigma, min_std)
+
+  def sample_stochastic(self, params, obs, rng, num_steps: int | None = None,
+                        min_std: float = MIN_STD, last_k: int | None = None) -> dict[str, Array]:
+    """DDPM ancestral sampling with a floored std, recording the chain and its log-likelihood.
+
+    Args:
+      num_steps: K denoising steps (static; default ``self.num_steps``; at most num_train_steps).
+      min_std: floor of each step's std (static, > 0; default 0.1 as DPPO).
+      last_k: score only the last ``last_k`` steps (static, in [1, K]; None = all K).
+
+    Returns:
+      ``{"actions": float32 [B, H, D] (= x_0, not clipped), "valid": bool [B] (all True),
+      "log_prob": float32 [B], "sample": {"chain": float32 [B, K+1, H, D]} (x_K first, x_0
+      last), "nfe": int32 [] (K)}``.
+    """
+    steps, ab_t, ab_prev, first = self._rl_schedule("sample_stochastic", num_steps, min_std,
+                                                    last_k)
+    mod, k = self.module, len(steps)
+    b = obs["obs_mask"].shape[0]
+    cond = mod.apply({"params": params}, obs, method=DiffusionModule.condition)  # Once per call.
+    init_rng, loop_rng = jax.random.split(rng)
+    x_k = jax.random.normal(init_rng, (b, 1, mod.horizon, mod.action_dim))
+
+    def step(x_t, inputs):
+      t, a_t, a_prev, key = inputs
+      mean, std = self._transition(params, x_t, jnp.full((b, 1), t), cond, a_t[None],
+                                   a_prev[None], min_std)
+      x_prev = mean + std * jax.random.normal(key, x_t.shape)
+      return x_prev, (x_prev[:, 0], ddpm.gaussian_log_prob(x_prev, mean, std, 2)[:, 0])
+
+    keys = jax.random.split(loop_rng, k)
+    x, (xs, lps) = jax.lax.scan(step, x_k, (jnp.asarray(steps), jnp.asarray(ab_t),
+                                          jnp.asarray(ab_prev), keys))
+    chain = jnp.concatenate([x_k, jnp.moveaxis(xs, 0, 1)], axis=1)  # [B, K+1, H, D]
+    return {"actions": x[:, 0], "valid": jnp.ones((b,), bool),
+            "log_prob": jnp.sum(lps[first:], axis=0),
+            "sample": {"chain": chain}, "nfe": jnp.asarray(k, jnp.int32)}
+
+  def log_prob(self, params, obs, sample: Mapping[str, Array], num_steps: int | None = None,
+               min_std: float = MIN_STD, last_k: int | None = None) -> Array:
+    """Re-scores ``sample["chain"]`` [B, K+1, H, D] (from :meth:`sample_stochastic` with the same
+    options): the scored steps' x_k go through the denoiser in one call (M = scored steps).
+
+    Returns:
+      float32 [B]: the same sum of step log-densities, differentiable w.r.t. params.
+    """
+    steps, ab_t, ab_prev, first = self._rl_schedule("log_prob", num_steps, min_std, last_k)
+    chain = sample["chain"].astype(jnp.float32)
+    mod, k = self.module, len(steps)
+    b = chain.shape[0]
+    want = (b, k + 1, mod.horizon, mod.action_dim)
+    if chain.shape != want:
+      raise ValueError(f"DiffusionHead.log_prob: chain shape {chain.shape} != {want} "
+                       f"(num_steps={k} must match the sampling call)")
+    cond = mod.apply({"params": params}, obs, method=DiffusionModule.condition)
+    x_t = chain[:, first:k]  # Unscored earlier steps are not evaluated at all.
+    t = jnp.broadcast_to(jnp.asarray(steps[first:]), (b, k - first))
+    mean, std = self._transition(params, x_t, t, cond, jnp.asarray(ab_t[first:]),
+                                 jnp.asarray(ab_prev[first:]), min_std)
+    return jnp.sum(ddpm.gaussian_log_prob(chain[:, first + 1:], mean, std, 2), axis=1)
