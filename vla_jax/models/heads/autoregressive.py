@@ -27,6 +27,14 @@ tokens, or a FAST sequence that does not decode to H x D coefficients (or never 
 invalid and its actions are NaN (never zeros). FAST's decode at sampling runs on host through a
 ``jax.pure_callback`` (sampling path only; the train step has no callback), so ``sample`` stays
 jit-able end to end.
+
+RL: :meth:`ARHead.sample_stochastic` decodes as ``sample`` (one shared loop) but always samples at
+a given ``temperature`` > 0 from that same masked distribution, and sums each sampled token's
+``log_softmax(masked logits / temperature)`` up to and including the first EOS (the forced EOS
+after it adds nothing); ``"sample": {"tokens"}`` records the LM ids. :meth:`ARHead.log_prob`
+re-scores them teacher-forced in one causal pass (``sequence_logits`` on ``[BOA, tokens[:n]]``)
+with the same mask, so the two agree to float tolerance. This likelihood is over the masked
+distribution; the imitation ``loss`` keeps its normalization over the whole vocabulary.
 """
 
 from __future__ import annotations
@@ -157,18 +165,28 @@ class ARHead:
     acc = jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0)
     return loss, {"ce": loss, "token_accuracy": acc}
 
-  def _pick(self, logits: Array, key: Array) -> Array:
-    """Next LM id [B] from logits [B, V] restricted to the action block and EOS."""
-    v = logits.shape[-1]
-    ids = jnp.arange(v)
+  def _masked_logits(self, logits: Array) -> Array:
+    """logits float [..., V] -> the same with every id but the action block and EOS at -inf (the
+    decoding distribution of the module docstring)."""
+    ids = jnp.arange(logits.shape[-1])
     allowed = (ids >= self.layout.action_start) | (ids == self.layout.special(EOS))
-    logits = jnp.where(allowed[None], logits, -jnp.inf)
-    if self.temperature <= 0:
-      return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(key, logits / self.temperature).astype(jnp.int32)
+    return jnp.where(allowed, logits, -jnp.inf)
 
-  def sample_tokens(self, params, obs, rng, use_cache: bool = True) -> tuple[Array, Array]:
-    """Decodes ``(lm_ids int32 [B, n + 1], num_steps int32 [])``; after its EOS a row is EOS."""
+  def _pick(self, logits: Array, key: Array, temperature: float) -> tuple[Array, Array]:
+    """``(next LM id int32 [B], its log-prob float32 [B])`` from logits [B, V] restricted to the
+    action block and EOS; greedy (log-prob 0) at ``temperature <= 0``."""
+    logits = self._masked_logits(logits)
+    if temperature <= 0:
+      return jnp.argmax(logits, axis=-1).astype(jnp.int32), jnp.zeros(logits.shape[:1])
+    logp = jax.nn.log_softmax(logits / temperature, axis=-1)
+    token = jax.random.categorical(key, logits / temperature).astype(jnp.int32)
+    return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+
+  def _decode(self, params, obs, rng, use_cache: bool,
+              temperature: float) -> tuple[Array, Array, Array]:
+    """Decodes ``(lm_ids int32 [B, n + 1], num_steps int32 [], log_prob float32 [B])``; after
+    its EOS a row is EOS. ``log_prob`` sums the picked tokens' log-probs up to and including the
+    first EOS (0 when greedy)."""
     mod, n = self.module, self.max_tokens
     eos = self.layout.special(EOS)
     b = obs["obs_mask"].shape[0]
@@ -199,25 +217,33 @@ class ARHead:
       state = jnp.concatenate([first[:, None], out[:, :n]], axis=1)
 
     def cond(carry):
-      i, _, _, done, _ = carry
+      i, _, _, done, _, _ = carry
       return (i < n + 1) & ~jnp.all(done)
 
     def body(carry):
-      i, token, out, done, state = carry
+      i, token, out, done, state, log_prob = carry
       logits, state = logits_at(i, token, state)
-      nxt = jnp.where(done, eos, self._pick(logits, jax.random.fold_in(rng, i)))
+      picked, logp = self._pick(logits, jax.random.fold_in(rng, i), temperature)
+      nxt = jnp.where(done, eos, picked)
+      log_prob = log_prob + jnp.where(done, 0.0, logp)  # Up to and including the first EOS.
       out = out.at[:, i].set(nxt)
       if not use_cache:  # The next input; at i = n the write clamps to the unused last slot.
         state = jax.lax.dynamic_update_slice_in_dim(state, nxt[:, None], i + 1, axis=1)
-      return i + 1, nxt, out, done | (nxt == eos), state
+      return i + 1, nxt, out, done | (nxt == eos), state, log_prob
 
-    i, _, out, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), first, out, done, state))
-    return out, i
+    init = (jnp.int32(0), first, out, done, state, jnp.zeros((b,), jnp.float32))
+    i, _, out, _, _, log_prob = jax.lax.while_loop(cond, body, init)
+    return out, i, log_prob
 
-  def sample(self, params, obs, rng, use_cache: bool = True) -> dict[str, Array]:
-    """``{"actions" [B, H, D] (NaN where invalid), "valid" [B], "tokens" [B, n+1] (LM ids),
-    "nfe" int32 [] (decoding steps run)}``."""
-    lm_ids, steps = self.sample_tokens(params, obs, rng, use_cache)
+  def sample_tokens(self, params, obs, rng, use_cache: bool = True) -> tuple[Array, Array]:
+    """Decodes ``(lm_ids int32 [B, n + 1], num_steps int32 [])`` at the head's temperature;
+    after its EOS a row is EOS."""
+    out, steps, _ = self._decode(params, obs, rng, use_cache, self.temperature)
+    return out, steps
+
+  def _actions(self, lm_ids: Array) -> tuple[Array, Array]:
+    """Decoded LM ids int32 [B, n + 1] -> ``(actions float32 [B, H, D] (NaN where invalid),
+    valid bool [B])`` (see Validity in the module docstring)."""
     is_eos = lm_ids == self.layout.special(EOS)
     n1 = lm_ids.shape[1]
     lengths = jnp.where(is_eos.any(1), jnp.argmax(is_eos, axis=1), n1).astype(jnp.int32)
@@ -226,5 +252,54 @@ class ARHead:
     actions, valid = action_tokens.decode_ids(self.tokenizer, ids, lengths, self.horizon,
                                               self.action_dim)
     valid &= is_eos.any(1) | isinstance(self.tokenizer, action_tokens.binning.BinningTokenizer)
-    actions = jnp.where(valid[:, None, None], actions, jnp.nan)
+    return jnp.where(valid[:, None, None], actions, jnp.nan), valid
+
+  def sample(self, params, obs, rng, use_cache: bool = True) -> dict[str, Array]:
+    """``{"actions" [B, H, D] (NaN where invalid), "valid" [B], "tokens" [B, n+1] (LM ids),
+    "nfe" int32 [] (decoding steps run)}``."""
+    lm_ids, steps = self.sample_tokens(params, obs, rng, use_cache)
+    actions, valid = self._actions(lm_ids)
     return {"actions": actions, "valid": valid, "tokens": lm_ids, "nfe": steps}
+
+  def sample_stochastic(self, params, obs, rng, temperature: float = 1.0,
+                        use_cache: bool = True) -> dict[str, Array]:
+    """Samples at ``temperature`` (> 0) with its log-likelihood (RL; module docstring).
+
+    Returns:
+      ``{"actions" float32 [B, H, D] (NaN where invalid), "valid" bool [B], "log_prob" float32
+      [B], "sample": {"tokens": int32 [B, n + 1] (LM ids, EOS after the first EOS)}, "nfe" int32
+      []}``; ``log_prob`` equals :meth:`log_prob` of ``"sample"`` at the same temperature.
+    """
+    _check_temperature(temperature, "ARHead.sample_stochastic")
+    lm_ids, steps, log_prob = self._decode(params, obs, rng, use_cache, temperature)
+    actions, valid = self._actions(lm_ids)
+    return {"actions": actions, "valid": valid, "log_prob": log_prob,
+            "sample": {"tokens": lm_ids}, "nfe": steps}
+
+  def log_prob(self, params, obs, sample: Mapping[str, Array],
+               temperature: float = 1.0) -> Array:
+    """Teacher-forced log-likelihood float32 [B] of ``sample["tokens"]`` int [B, n + 1] (LM ids)
+    under the decoding distribution at ``temperature`` (> 0): one causal pass over ``[BOA,
+    tokens[:, :n]]``, the masked logits (action block and EOS) / temperature, summed up to and
+    including each row's first EOS. Differentiable w.r.t. ``params``."""
+    _check_temperature(temperature, "ARHead.log_prob")
+    tokens = jnp.asarray(sample["tokens"], jnp.int32)
+    b, n1 = tokens.shape
+    if n1 != self.max_tokens + 1:
+      raise ValueError(f"ARHead.log_prob: sample['tokens'] has {n1} slots, expected max_tokens "
+                       f"+ 1 = {self.max_tokens + 1}")
+    inputs = jnp.concatenate([jnp.full((b, 1), self.layout.special(BOA), jnp.int32),
+                              tokens[:, :-1]], axis=1)
+    logits = self.module.apply({"params": params}, obs, inputs, method=ARModule.sequence_logits)
+    logp = jax.nn.log_softmax(self._masked_logits(logits) / temperature, axis=-1)
+    logp = jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+    is_eos = (tokens == self.layout.special(EOS)).astype(jnp.int32)
+    live = (jnp.cumsum(is_eos, axis=1) - is_eos) == 0  # No EOS strictly before this slot.
+    return jnp.sum(jnp.where(live, logp, 0.0), axis=1)
+
+
+def _check_temperature(temperature: float, where: str) -> None:
+  if not temperature > 0:  # Also refuses NaN.
+    raise ValueError(f"{where}: temperature must be > 0 (a stochastic sampler with an exact "
+                     f"log-likelihood), got temperature={temperature}; use sample() for greedy "
+                     "decoding")

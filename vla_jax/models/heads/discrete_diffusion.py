@@ -19,6 +19,20 @@ paper's "secondary re-masking" of uncertain tokens): an already committed slot w
 probability fell below ``remask_threshold`` competes with the masked candidates at that
 probability; when it is outranked it is masked again and re-predicted in a later round. Committed
 slots at or above the threshold stay fixed.
+
+RL: :meth:`DiscreteDiffusionHead.sample_stochastic` runs the same rounds (one shared scan) with
+two changes that make the log-likelihood exact: (1) no re-masking (a committed slot stays), and
+(2) masked slots are ranked by the probability of their most likely bin rather than of their
+drawn candidate, so which slots commit at round k is a deterministic function of the tokens
+committed before k, not of the draw. The sample's probability is then exactly
+``prod_k prod_{i committed at k} p_T(x_i | tokens committed before k)`` with ``p_T =
+softmax(logits / temperature)`` over the bins; candidates drawn for slots that stay masked are
+discarded and carry no probability. ``"sample": {"tokens", "round"}`` records the bins and the
+round that committed each slot; :meth:`DiscreteDiffusionHead.log_prob` re-scores them with a
+``lax.scan`` over the rounds on one prefix KV cache. Under changed params the recorded order is
+kept (the ranking is an argmax: no gradient, and not re-derived), i.e. it is treated as part of
+the environment when the policy moves. At a low temperature this sampler equals the greedy
+``sample`` without re-masking (``remask_threshold = 0``).
 """
 
 from __future__ import annotations
@@ -88,7 +102,7 @@ def unmask_schedule(n: int, rounds: int) -> np.ndarray:
 
 
 def commit_round(ids: Array, committed: Array, probs: Array, cand: Array, n_keep: Array,
-                 remask_threshold: float) -> tuple[Array, Array]:
+                 remask_threshold: float, cand_conf: Array | None = None) -> tuple[Array, Array]:
   """One decoding round's commitment with secondary re-masking (see the module docstring).
 
   Args:
@@ -96,13 +110,15 @@ def commit_round(ids: Array, committed: Array, probs: Array, cand: Array, n_keep
     probs: float [B, n, N] this round's predicted bin probabilities; cand: int [B, n] the
       candidate bin of every slot.
     n_keep: int [] slots committed after this round (>= the number committed before).
-    remask_threshold: committed slots with probability below it may be re-masked.
+    remask_threshold: committed slots with probability below it may be re-masked (0: never).
+    cand_conf: float [B, n] the score of masked slots; None = their candidate's probability.
 
   Returns:
     ``(ids, committed)``: newly committed slots take their candidate, kept slots their old id;
     exactly ``n_keep`` slots per row are committed.
   """
-  cand_conf = jnp.take_along_axis(probs, cand[..., None], -1)[..., 0]
+  if cand_conf is None:
+    cand_conf = jnp.take_along_axis(probs, cand[..., None], -1)[..., 0]
   cur_conf = jnp.take_along_axis(probs, jnp.clip(ids, 0)[..., None], -1)[..., 0]
   # Committed & confident: 2 (> any probability, always kept); committed & unsure: its current
   # probability (re-masked when outranked); masked: the candidate's probability.
@@ -166,9 +182,16 @@ class DiscreteDiffusionHead:
     acc = jnp.sum((jnp.argmax(logits, -1) == ids) * w) / jnp.maximum(jnp.sum(w), 1.0)
     return loss, {"masked_ce": loss, "token_accuracy": acc}
 
-  def sample(self, params, obs, rng, rounds: int | None = None) -> dict[str, Array]:
-    """T rounds of parallel decoding -> ``{"actions" [B, H, D], "valid" [B], "tokens" [B, n]
-    (bin ids), "nfe" int32 []}``."""
+  def _decode(self, params, obs, rng, rounds: int | None, temperature: float,
+              stochastic: bool) -> tuple[Array, ...]:
+    """T decoding rounds -> ``(ids int32 [B, n] bin ids, committed bool [B, n], round int32 [B,
+    n] (the last round that committed each slot; T if never), log_prob float32 [B], T)``.
+
+    ``stochastic=False``: the decoder of the module docstring (``log_prob`` is 0).
+    ``stochastic=True`` (RL): candidates drawn at ``temperature`` > 0, masked slots ranked by
+    their most likely bin's probability, no re-masking; ``log_prob`` sums the committed tokens'
+    ``log_softmax(logits / temperature)`` at the round that committed them.
+    """
     mod, n = self.module, self.num_tokens
     t = int(rounds or self.rounds)
     mask_id = self.layout.special(MASK)
@@ -177,23 +200,103 @@ class DiscreteDiffusionHead:
     keep = jnp.asarray(n - unmask_schedule(n, t))  # Committed slots after each round.
 
     def round_fn(carry, inputs):
-      ids, committed = carry  # bin ids [B, n] (garbage where not committed), bool [B, n]
-      n_keep, key = inputs
+      ids, committed, when, log_prob = carry  # ids: garbage where not committed.
+      k, n_keep, key = inputs
       tokens = jnp.where(committed, self.layout.to_lm(ids), mask_id)
       logits = mod.apply({"params": params}, tokens, prefix_mask, cache,
                          method=DiscreteDiffusionModule.cached_logits)
-      if self.temperature > 0:
-        cand = jax.random.categorical(key, logits / self.temperature).astype(jnp.int32)
+      probs = jax.nn.softmax(logits, axis=-1)
+      if temperature > 0:
+        cand = jax.random.categorical(key, logits / temperature).astype(jnp.int32)
       else:
         cand = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-      ids, new_committed = commit_round(ids, committed, jax.nn.softmax(logits, axis=-1), cand,
-                                        n_keep, self.remask_threshold)
-      return (ids, new_committed), None
+      if stochastic:
+        # The ranking must not depend on the draw: with the most likely bin's probability the
+        # slots committed at round k are a function of the tokens committed before it, so the
+        # sample's probability is just the product of its tokens' (no selection term).
+        new_ids, new_committed = commit_round(ids, committed, probs, cand, n_keep, 0.0,
+                                              cand_conf=jnp.max(probs, axis=-1))
+        logp = jax.nn.log_softmax(logits / temperature, axis=-1)
+        logp = jnp.take_along_axis(logp, cand[..., None], axis=-1)[..., 0]
+        log_prob = log_prob + jnp.sum(jnp.where(new_committed & ~committed, logp, 0.0), axis=1)
+      else:
+        new_ids, new_committed = commit_round(ids, committed, probs, cand, n_keep,
+                                              self.remask_threshold)
+      when = jnp.where(new_committed & ~committed, k, when)
+      return (new_ids, new_committed, when, log_prob), None
 
-    init = (jnp.zeros((b, n), jnp.int32), jnp.zeros((b, n), bool))
-    keys = jax.random.split(rng, t)
-    (ids, committed), _ = jax.lax.scan(round_fn, init, (keep, keys))
+    init = (jnp.zeros((b, n), jnp.int32), jnp.zeros((b, n), bool), jnp.full((b, n), t, jnp.int32),
+            jnp.zeros((b,), jnp.float32))
+    xs = (jnp.arange(t, dtype=jnp.int32), keep, jax.random.split(rng, t))
+    (ids, committed, when, log_prob), _ = jax.lax.scan(round_fn, init, xs)
+    return ids, committed, when, log_prob, t
+
+  def _actions(self, ids: Array, committed: Array) -> tuple[Array, Array]:
+    """bin ids [B, n], committed [B, n] -> ``(actions float32 [B, H, D] (NaN where invalid),
+    valid bool [B])``: a row is valid when every slot is committed."""
     valid = jnp.all(committed, axis=1)
-    actions = self.tokenizer.decode(ids)
-    return {"actions": jnp.where(valid[:, None, None], actions, jnp.nan), "valid": valid,
-            "tokens": ids, "nfe": jnp.asarray(t, jnp.int32)}
+    return jnp.where(valid[:, None, None], self.tokenizer.decode(ids), jnp.nan), valid
+
+  def sample(self, params, obs, rng, rounds: int | None = None) -> dict[str, Array]:
+    """T rounds of parallel decoding -> ``{"actions" [B, H, D], "valid" [B], "tokens" [B, n]
+    (bin ids), "nfe" int32 []}``."""
+    ids, committed, _, _, t = self._decode(params, obs, rng, rounds, self.temperature, False)
+    actions, valid = self._actions(ids, committed)
+    return {"actions": actions, "valid": valid, "tokens": ids, "nfe": jnp.asarray(t, jnp.int32)}
+
+  def sample_stochastic(self, params, obs, rng, temperature: float = 1.0,
+                        rounds: int | None = None) -> dict[str, Array]:
+    """T rounds of parallel decoding at ``temperature`` (> 0) with the sample's log-likelihood
+    (RL; see the module docstring: no re-masking, order by the most likely bin).
+
+    Returns:
+      ``{"actions" float32 [B, H, D], "valid" bool [B], "log_prob" float32 [B], "sample":
+      {"tokens": int32 [B, n] (bin ids), "round": int32 [B, n] (round that committed each
+      slot)}, "nfe" int32 []}``; ``log_prob`` equals :meth:`log_prob` with the same options.
+    """
+    _check_options(temperature, rounds, "DiscreteDiffusionHead.sample_stochastic")
+    ids, committed, when, log_prob, t = self._decode(params, obs, rng, rounds, temperature, True)
+    actions, valid = self._actions(ids, committed)
+    return {"actions": actions, "valid": valid, "log_prob": log_prob,
+            "sample": {"tokens": ids, "round": when}, "nfe": jnp.asarray(t, jnp.int32)}
+
+  def log_prob(self, params, obs, sample: Mapping[str, Array], temperature: float = 1.0,
+               rounds: int | None = None) -> Array:
+    """Re-scored log-likelihood float32 [B] of a :meth:`sample_stochastic` record
+    (``sample["tokens"]`` bin ids int [B, n], ``sample["round"]`` int [B, n]): a ``lax.scan``
+    over the T rounds over one prefix KV cache; round k feeds the tokens committed before k (the
+    rest MASK) and adds ``log_softmax(logits / temperature)`` of the tokens committed at k.
+    Differentiable w.r.t. ``params``; ``rounds`` must be the sampler's (a slot recorded at a
+    round >= T is not scored)."""
+    _check_options(temperature, rounds, "DiscreteDiffusionHead.log_prob")
+    mod, n = self.module, self.num_tokens
+    t = int(rounds or self.rounds)
+    ids = jnp.asarray(sample["tokens"], jnp.int32)
+    when = jnp.asarray(sample["round"], jnp.int32)
+    if ids.shape[1:] != (n,) or when.shape != ids.shape:
+      raise ValueError(f"DiscreteDiffusionHead.log_prob: sample['tokens'] {tuple(ids.shape)} "
+                       f"and sample['round'] {tuple(when.shape)} must be [B, n={n}]")
+    prefix_mask, cache = mod.apply({"params": params}, obs, method=DiscreteDiffusionModule.prefix)
+    lm = self.layout.to_lm(ids)
+    mask_id = self.layout.special(MASK)
+
+    def round_fn(log_prob, k):
+      tokens = jnp.where(when < k, lm, mask_id)
+      logits = mod.apply({"params": params}, tokens, prefix_mask, cache,
+                         method=DiscreteDiffusionModule.cached_logits)
+      logp = jax.nn.log_softmax(logits / temperature, axis=-1)
+      logp = jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0]
+      return log_prob + jnp.sum(jnp.where(when == k, logp, 0.0), axis=1), None
+
+    log_prob, _ = jax.lax.scan(round_fn, jnp.zeros(ids.shape[:1], jnp.float32),
+                               jnp.arange(t, dtype=jnp.int32))
+    return log_prob
+
+
+def _check_options(temperature: float, rounds: int | None, where: str) -> None:
+  if rounds is not None and rounds < 1:
+    raise ValueError(f"{where}: rounds must be >= 1 (or None for the head's), got {rounds}")
+  if not temperature > 0:  # Also refuses NaN.
+    raise ValueError(f"{where}: temperature must be > 0 (a stochastic sampler with an exact "
+                     f"log-likelihood), got temperature={temperature}; use sample() for greedy "
+                     "decoding")
