@@ -35,9 +35,12 @@ def default_rl_config() -> ml_collections.ConfigDict:
     decisions_per_update: decisions (env step, env) drawn per optimizer step among those of
       kept groups while the episode ran (the loss is their mean; all of them would be
       ``num_envs x horizon`` backbone passes with gradients).
-    sample_options: the head's stochastic sampling options, e.g. flow ``noise_std`` (ReinFlow
-      bounds its learned std to [0.08, 0.16] in normalized units for visual manipulation; 0.1
-      here) and ``num_steps``; token heads ``temperature`` (SimpleVLA-RL samples at 1.6).
+    sample_options: the head's stochastic sampling options: flow ``noise_std`` (Euler-step
+      noise, normalized action units) and ``noise_temperature`` (x_0's std), token heads
+      ``temperature`` (SimpleVLA-RL samples at 1.6). The Flow-Noise likelihood credits only the
+      per-step noise, not x_0 (it has no parameters), so the step noise must account for a
+      real share of the action spread (tests/test_rl_learns.py: no learning with x_0 at 1 and
+      steps at 0.1, a 3-4x return gain with 0.1 and 0.3).
     fpo_samples: (noise, time) pairs per decision for ``likelihood="fpo"``.
     done_on_success: episodes stop at success during RL (later decisions would only add noise
       to the gradient); evaluation keeps the env's own setting.

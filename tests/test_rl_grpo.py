@@ -1,0 +1,80 @@
+"""GRPO's math on hand-made groups, the clipped surrogate, and the RL start states."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vla_jax.rl import collect, grpo
+from vla_jax.rl import config as rl_config_lib
+from vla_jax.rl import step as rl_step
+
+
+def test_group_advantages_match_the_formula_and_drop_constant_groups():
+  returns = np.array([1, 0, 0, 1,   1, 1, 1, 1,   0, 0, 0, 0,   0.5, 2.0, 1.0, 0.5], np.float32)
+  adv, kept = grpo.group_advantages(jnp.asarray(returns), group_size=4)
+  want, want_kept = [], []
+  for g in returns.reshape(4, 4):
+    std = g.std()
+    want += list((g - g.mean()) / (std + 1e-6) if std > 0 else np.zeros(4))
+    want_kept += [std > 0] * 4
+  np.testing.assert_allclose(adv, want, rtol=1e-6)
+  np.testing.assert_array_equal(kept, want_kept)
+  # All-success and all-failure groups carry no signal: dropped, advantage 0.
+  assert not kept[4:12].any() and np.all(np.asarray(adv)[4:12] == 0)
+  np.testing.assert_allclose(adv[:4], [1, -1, -1, 1], rtol=1e-5)  # Binary 50/50: +-1.
+  with pytest.raises(ValueError, match="groups of 3"):
+    grpo.group_advantages(jnp.zeros(8), group_size=3)
+
+
+def test_clipped_surrogate_is_asymmetric():
+  log_ratio = jnp.log(jnp.array([1.5, 1.5, 0.5, 0.5, 1.0]))
+  adv = jnp.array([1.0, -1.0, 1.0, -1.0, 2.0])
+  w = jnp.array([1.0, 1.0, 1.0, 1.0, 0.0])  # The last decision is not in the loss.
+  loss, m = grpo.clipped_surrogate(log_ratio, adv, w, clip_low=0.2, clip_high=0.28)
+  # min(r A, clip(r, 0.8, 1.28) A): 1.28, -1.5, 0.5, -0.8.
+  np.testing.assert_allclose(loss, -(1.28 - 1.5 + 0.5 - 0.8) / 4, rtol=1e-6)
+  np.testing.assert_allclose(m["clip_fraction"], 1.0)  # Every weighted ratio is outside.
+  g = jax.grad(lambda lr: grpo.clipped_surrogate(lr, adv, w, 0.2, 0.28)[0])(log_ratio)
+  # Clipped terms pass no gradient; unclipped ones pass -w r A / sum(w).
+  np.testing.assert_allclose(g, [0.0, 1.5 / 4, -0.5 / 4, 0.0, 0.0], atol=1e-6)
+
+
+def test_k3_kl_is_zero_at_equal_policies_and_positive_otherwise():
+  lp = jnp.array([-1.0, -2.0, -3.0])
+  w = jnp.ones(3)
+  assert float(grpo.k3_kl(lp, lp, w)) == 0.0
+  assert float(grpo.k3_kl(lp, lp + 0.5, w)) > 0
+
+
+def test_train_episodes_repeat_each_start_state_per_group_and_resume():
+  seeds, tasks = collect.train_episodes(3, num_groups=2, group_size=4, task_ids=[0, 2])
+  np.testing.assert_array_equal(seeds[:4], seeds[0])
+  np.testing.assert_array_equal(seeds[4:], seeds[4])
+  assert seeds[0] != seeds[4] and seeds[0] >= collect.TRAIN_SEED_OFFSET
+  np.testing.assert_array_equal(tasks, [0] * 4 + [2] * 4)
+  it = collect.make_episode_iterator(2, 4, [0, 2])(start_step=3, local_batch_size=4,
+                                                  process_index=1, process_count=2)
+  np.testing.assert_array_equal(next(it)["seeds"], seeds[4:])
+  with pytest.raises(ValueError, match="rl.num_groups x rl.group_size"):
+    next(collect.make_episode_iterator(2, 4, [0])(start_step=0, local_batch_size=3,
+                                                 process_index=0, process_count=2))
+
+
+def test_pick_draws_distinct_eligible_decisions():
+  eligible = jnp.zeros(50, bool).at[jnp.array([3, 7, 11])].set(True)
+  idx, w = rl_step._pick(jax.random.key(0), eligible, 5)
+  assert len(set(np.asarray(idx).tolist())) == 5
+  assert set(np.asarray(idx)[np.asarray(w) > 0].tolist()) == {3, 7, 11}
+
+
+def test_rl_config_errors_name_the_key():
+  rl = rl_config_lib.default_rl_config()
+  rl_config_lib.check_rl_config(rl, "flow")
+  for key, value, match in (("likelihood", "fpo", "rl.likelihood='fpo' needs the flow head"),
+                            ("group_size", 1, "rl.group_size=1"),
+                            ("algorithm", "ppo", "rl.algorithm='ppo'")):
+    bad = rl_config_lib.default_rl_config()
+    bad[key] = value
+    with pytest.raises(ValueError, match=match):
+      rl_config_lib.check_rl_config(bad, "ar")
