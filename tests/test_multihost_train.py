@@ -6,7 +6,10 @@ both exit 0; process 0 alone built the dataset and fitted the tokenizer while pr
 then read them; only process 0 evaluated (periodically on the dev seed block, finally on test)
 and wrote the report, with intervals; both processes end at the same step, loss and params
 (equal to the checkpoint's, gathered across the FSDP split). This is also the end-to-end smoke
-test of the main job through its entry point (colabs/quickstart.ipynb runs it in-process). The settings
+test of the main job through its entry point (colabs/quickstart.ipynb runs it in-process); then the RL job's entry
+point (experiments/finetune_rl.py) fine-tunes that run's checkpoint: the end-to-end test of the
+second stage (before/after evaluation on test, RL iterations in the train loop, periodic dev
+evaluation, report_rl.md, an RL checkpoint experiments/eval.py can load). The settings
 rules (flags, environment, partial or inconsistent settings) are tested without processes.
 """
 
@@ -22,6 +25,11 @@ from vla_jax.training import distributed
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO_ROOT, "tests", "_multihost_train_config.py")
+# Cheaper XLA CPU compilation: the runs are mostly compiles of tiny programs (measured here: 157 s
+# of CPU instead of 232 s for the multi-process test).
+_FAST_COMPILE_ENV = {"JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "2",
+                     "XLA_FLAGS": "--xla_force_host_platform_device_count=1 "
+                     "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"}
 _DONE = re.compile(r"\[main\] process (\d) of 2: step (\d+), final loss (\S+), params (\w+)")
 
 
@@ -40,11 +48,7 @@ def run(tmp_path_factory):
   base_env = {k: v for k, v in os.environ.items()
               if k not in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES,
                            distributed.ENV_PROCESS_ID)}
-  # Cheaper XLA CPU compilation: the run is mostly compiles of tiny programs (measured here: 157 s
-  # of CPU instead of 232 s for the whole test).
-  base_env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2",
-                  XLA_FLAGS="--xla_force_host_platform_device_count=1 "
-                  "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+  base_env.update(_FAST_COMPILE_ENV)
   command = [sys.executable, os.path.join(REPO_ROOT, "experiments", "train.py"),
              f"--config={CONFIG}", f"--config.data_root={data_root}", f"--workdir={workdir}"]
   procs, logs = [], []
@@ -123,6 +127,43 @@ def test_both_processes_train_on_one_fsdp_mesh_and_agree(run):
   from vla_jax.jobs import main_job  # pylint: disable=g-import-not-at-top
   loaded = main_job.load_checkpoint_policy(workdir)
   assert loaded.step == 3 and loaded.config["eval"]["block"] == "test"
+
+
+def test_finetune_rl_entry_point_fine_tunes_the_checkpoint(run, tmp_path):
+  workdir, _, _ = run
+  rl_dir = str(tmp_path / "rl")
+  command = [sys.executable, os.path.join(REPO_ROOT, "experiments", "finetune_rl.py"),
+             f"--config={os.path.join(REPO_ROOT, 'configs', 'rl_tiny.py')}:init_workdir={workdir},"
+             "iterations=2,groups=1,group_size=2,eval_episodes=1",
+             "--config.rl.eval_every=1", "--config.rl.eval_episodes_per_task=1",
+             "--config.rl.decisions_per_update=4", "--config.rl.reward=dense",
+             f"--workdir={rl_dir}"]
+  env = {**os.environ, **_FAST_COMPILE_ENV}
+  done = subprocess.run(command, env=env, cwd=str(tmp_path), capture_output=True, text=True,
+                        timeout=900, check=False)
+  out = done.stdout + done.stderr
+  assert done.returncode == 0, out[-6000:]
+  assert f"[rl] starting point: {workdir} step 3 (flow head)" in out
+  assert "[eval] before RL: test block: success" in out
+  assert "[eval @ iteration 1] dev block: success" in out
+  assert re.search(r"step 2/2 loss \S+ .* rollout_success [\d.]+", out), out[-3000:]
+  with open(os.path.join(rl_dir, "report_rl.md")) as f:
+    text = f.read()
+  assert re.search(r"\| reach \| [\d.]+% \[[\d.]+, [\d.]+\] \(n=1\) \| [\d.]+% \[", text), text
+  for name in ("rl_curves.png", os.path.join("videos", "before_reach.gif"),
+               os.path.join("videos", "after_reach.gif")):
+    assert os.path.isfile(os.path.join(rl_dir, name)), name
+  # The RL checkpoint is self-describing too: experiments/eval.py rebuilds its policy.
+  from vla_jax.jobs import main_job  # pylint: disable=g-import-not-at-top
+  loaded = main_job.load_checkpoint_policy(rl_dir)
+  assert loaded.step == 2 and loaded.config["rl"]["group_size"] == 2
+  # Without a starting checkpoint: a named error with the command that makes one.
+  missing = subprocess.run([*command[:3], "--config.init_workdir=" + str(tmp_path / "none"),
+                            f"--workdir={tmp_path / 'rl2'}"], env=env, capture_output=True,
+                           text=True, timeout=300, check=False)
+  assert missing.returncode != 0
+  assert "holds no checkpoint to fine-tune" in missing.stderr + missing.stdout
+  assert "experiments/train.py --config=configs/vla_tiny.py" in missing.stderr + missing.stdout
 
 
 @pytest.mark.parametrize("kwargs, environ, match", [
