@@ -95,18 +95,30 @@ class Model:
 
 
 def run(workdir: str, rl=None, mesh=None, params=None, print_fn=lambda *a, **k: None,
-        env=None, **train_overrides) -> trainer.TrainResult:
-  """RL iterations of the micro policy in the micro env through ``trainer.train``."""
+        env=None, on_batch=None, callback=None, callback_every=0,
+        **train_overrides) -> trainer.TrainResult:
+  """RL iterations of the micro policy in the micro env through ``trainer.train``.
+
+  ``on_batch(step)``: called before the batch of ``step`` is made (tests send signals there);
+  ``callback``/``callback_every``: passed to ``trainer.train``.
+  """
   rl = rl or rl_config()
   env = env or make_env(rl.done_on_success)
   policy = make_policy(env)
   adapter = make_adapter(env, policy)
   config = ml_collections.ConfigDict({"rl": rl, "train": train_config(rl, **train_overrides)})
   task_ids = [int(i) for i in env.enabled_task_ids]
+  episodes = collect.make_episode_iterator(rl.num_groups, rl.group_size, task_ids)
+
+  def make_data_iterator(*, start_step, **kwargs):
+    for step, batch in enumerate(episodes(start_step=start_step, **kwargs), start_step):
+      if on_batch is not None:
+        on_batch(step)
+      yield batch
+
   return trainer.train(config, workdir, model=Model(policy, adapter, params),
-                       make_data_iterator=collect.make_episode_iterator(
-                           rl.num_groups, rl.group_size, task_ids),
-                       mesh=mesh, print_fn=print_fn,
+                       make_data_iterator=make_data_iterator, mesh=mesh, print_fn=print_fn,
+                       callback=callback, callback_every=callback_every,
                        make_step=rl_step.RLStepBuilder(policy, env, adapter, rl))
 
 

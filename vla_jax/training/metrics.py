@@ -14,10 +14,18 @@ from tensorboardX import SummaryWriter
 SHOWN_IF_PRESENT = ("rollout_success",)
 
 
+# Metrics that stop the loop when NaN/inf (besides the loss and gradient norm) when a step
+# function reports them: RL drops a group with NaN returns from its update (it has no return
+# variance), so a NaN reward or rollout log-likelihood would leave the loss finite.
+CHECKED_IF_PRESENT = ("return_mean", "rollout_log_prob")
+
+
 def first_nonfinite(metrics: Sequence[dict]) -> int | None:
-  """Index of the first host metrics dict whose loss or grad_norm is NaN/inf, else None."""
+  """Index of the first host metrics dict whose loss, grad_norm or a :data:`CHECKED_IF_PRESENT`
+  metric is NaN/inf, else None."""
   for i, m in enumerate(metrics):
-    if not (np.isfinite(m["loss"]) and np.isfinite(m.get("grad_norm", 0.0))):
+    checked = [m["loss"], m.get("grad_norm", 0.0)] + [m[k] for k in CHECKED_IF_PRESENT if k in m]
+    if not np.all(np.isfinite(checked)):
       return i
   return None
 

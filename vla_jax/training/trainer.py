@@ -63,7 +63,8 @@ DataIteratorFactory = Callable[..., Iterator[dict[str, np.ndarray]]]
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The loss or the gradient norm became NaN/inf; raised without saving the bad state."""
+  """The loss, the gradient norm or an RL rollout metric (``metrics.CHECKED_IF_PRESENT``) became
+  NaN/inf; raised without saving the bad state."""
 
 
 @dataclasses.dataclass
