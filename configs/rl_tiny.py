@@ -22,9 +22,9 @@ from vla_jax.training import config as train_config_lib
 
 
 def get_config(arg=None):
-  a = config_args.parse_arg(arg, init_workdir="workdirs/vla_tiny", iterations=60, groups=8,
+  a = config_args.parse_arg(arg, init_workdir="workdirs/vla_tiny", iterations=100, groups=8,
                             group_size=8, likelihood="exact", reward="success", tasks="",
-                            eval_episodes=100, lr=1e-4)
+                            eval_episodes=100, lr=3e-4)
   c = ml_collections.ConfigDict()
   c.init_workdir = a.init_workdir
   c.init_step = 0  # 0 = the latest checkpoint of init_workdir
@@ -35,6 +35,14 @@ def get_config(arg=None):
   c.rl.tasks = a.tasks
   c.rl.num_groups = a.groups
   c.rl.group_size = a.group_size
+  # Flow-Noise: 0.2 std per Euler step in normalized action units (x_0 keeps the head's own
+  # temperature, as in evaluation). The likelihood credits only this step noise (see
+  # vla_jax/rl/config.py), so it must be a real share of the action spread; ReinFlow and piRL
+  # learn it instead (a possible extension).
+  c.rl.sample_options.noise_std = 0.2
+  # 4 optimizer steps on each batch of rollouts: collecting 64 episodes costs ~12 s here, an
+  # update of 256 decisions well under one.
+  c.rl.updates_per_iteration = 4
   if a.likelihood == "fpo":
     c.rl.sample_options = ml_collections.ConfigDict({})  # the head's own sample() defaults
 

@@ -10,20 +10,18 @@ the image and the instruction together identify the target: the negative control
 ViT 1 x 32 over 16 x 16 images (4 tokens), Gemma 2 x 32, action expert width 16.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _micro_heads import TEXT_VOCAB, D, H, S, fast_tokenizer, micro_config
 
 from vla_jax.data import pipeline
 from vla_jax.models import policy as policy_lib
 from vla_jax.models.heads import action_tokens, synthetic
-from vla_jax.tokenizers import fast
 
-H, D, S, TEXT_VOCAB = 4, 2, 3, 8
 STEPS, LR = 1000, 3e-3
 # Max |sampled - target| over the chunk. Token heads: binning with 64 bins over [-1, 1] has a
 # half-bin error of 1/64 ~ 0.016, so 0.05 allows one neighbouring bin; continuous heads: 0.1.
@@ -36,30 +34,6 @@ HEADS = (*policy_lib.HEADS, "ar_fast")
 # distinct grid cells, >= 0.4 apart, so one answer for both misses by >= 0.2 on average. Seen
 # here: mean max |error| 0.6 to 0.9 (or undecodable FAST chunks) against <= 0.06 with both inputs.
 BLANK_MIN_ERROR = 0.2
-
-
-@functools.cache
-def fast_tokenizer():
-  """FAST fitted on the four target chunks plus smooth random ones (vocabulary 64)."""
-  _, _, targets = synthetic.multimodal_batch(horizon=H, action_dim=D, state_dim=S, modes=1)
-  rng = np.random.default_rng(0)
-  extra = np.cumsum(rng.normal(0, 0.2, (200, H, D)), axis=1).clip(-1, 1)
-  chunks = np.concatenate([targets[:, 0], extra]).astype(np.float32)
-  return fast.FastTokenizer(H, D, scale=10.0, vocab_size=64).fit(chunks)
-
-
-def micro_config(head: str):
-  c = policy_lib.default_policy_config("ar" if head == "ar_fast" else head)
-  c.backbone.vit.update(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8, image_size=16,
-                        head_dim=32)
-  c.backbone.llm.update(width=32, depth=2, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=16)
-  c.flow.update(expert_width=16, expert_mlp_dim=32, num_noise_samples=8)
-  c.diffusion.update(hidden=64, num_blocks=2, num_noise_samples=8)
-  c.ar.num_bins = 64
-  if head == "ar_fast":
-    c.ar.update(tokenizer="fast", max_fast_tokens=H * D)
-  c.discrete_diffusion.num_bins = 64
-  return c
 
 
 @pytest.fixture(scope="module")

@@ -13,23 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _micro_heads import TEXT_VOCAB, D, H, S, micro_config
 from scipy import stats
 
 from vla_jax.models import policy as policy_lib
 from vla_jax.models.heads import ddpm, diffusion, synthetic
 
-H, D, S, TEXT_VOCAB = 4, 2, 3, 8
 LAST_K = 3
-
-
-def micro_config():
-  """tests/test_heads.py's ``micro_config("diffusion")``."""
-  c = policy_lib.default_policy_config("diffusion")
-  c.backbone.vit.update(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8, image_size=16,
-                        head_dim=32)
-  c.backbone.llm.update(width=32, depth=2, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=16)
-  c.diffusion.update(hidden=64, num_blocks=2, num_noise_samples=8)
-  return c
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +27,7 @@ def setup():
   batch, _, _ = synthetic.multimodal_batch(horizon=H, action_dim=D, state_dim=S, modes=1)
   batch = jax.tree.map(jnp.asarray, batch)
   obs = {k: v for k, v in batch.items() if not k.startswith("action")}
-  pol = policy_lib.make_policy(micro_config(), action_dim=D, action_horizon=H, state_dim=S,
+  pol = policy_lib.make_policy(micro_config("diffusion"), action_dim=D, action_horizon=H, state_dim=S,
                                text_vocab_size=TEXT_VOCAB)
   head = pol.head
   params = jax.jit(pol.init)(jax.random.key(0), batch)

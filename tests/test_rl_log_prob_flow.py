@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _micro_heads import TEXT_VOCAB, D, H, S, micro_config
 from scipy import stats
-from test_heads import TEXT_VOCAB, D, H, S, micro_config
 
 from vla_jax.models import policy as policy_lib
 from vla_jax.models.heads import flow as flow_lib

@@ -12,43 +12,27 @@ tiled to 16 rows, so that with random logits over ~65 ids some AR rows emit EOS 
 import dataclasses
 import functools
 
+import _micro_heads
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _micro_heads import TEXT_VOCAB, D, H, S, fast_tokenizer
 
 from vla_jax.models import policy as policy_lib
 from vla_jax.models.heads import autoregressive as ar_lib
 from vla_jax.models.heads import synthetic
-from vla_jax.tokenizers import fast
 
-H, D, S, TEXT_VOCAB, TILE = 4, 2, 3, 8, 4
+TILE = 4
 HEADS = ("ar", "ar_fast", "discrete_diffusion")
 TEMPERATURE = 0.7  # Of the sampler and re-scorer under test (not 1: the scaling is checked).
 COLD = 1e-6  # A temperature at which sampling is argmax for any logit gap above ~1e-4.
 
 
-@functools.cache
-def fast_tokenizer():
-  """FAST fitted on the synthetic target chunks plus smooth random ones (as tests/test_heads.py;
-  not imported from there, which would pull TensorFlow in through the data pipeline)."""
-  _, _, targets = synthetic.multimodal_batch(horizon=H, action_dim=D, state_dim=S, modes=1)
-  rng = np.random.default_rng(0)
-  extra = np.cumsum(rng.normal(0, 0.2, (200, H, D)), axis=1).clip(-1, 1)
-  chunks = np.concatenate([targets[:, 0], extra]).astype(np.float32)
-  return fast.FastTokenizer(H, D, scale=10.0, vocab_size=64).fit(chunks)
-
-
 def micro_config(head: str):
-  c = policy_lib.default_policy_config("ar" if head == "ar_fast" else head)
-  c.backbone.vit.update(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8, image_size=16,
-                        head_dim=32)
   # One LM layer (test_heads.py has 2): XLA compilation dominates this file, and scales with it.
-  c.backbone.llm.update(width=32, depth=1, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=16)
-  c.ar.num_bins = 64
-  if head == "ar_fast":
-    c.ar.update(tokenizer="fast", max_fast_tokens=H * D)
-  c.discrete_diffusion.update(num_bins=64, rounds=6)
+  c = _micro_heads.micro_config(head, llm_depth=1)
+  c.discrete_diffusion.rounds = 6
   return c
 
 

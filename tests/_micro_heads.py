@@ -1,0 +1,42 @@
+"""The micro policies and data shapes of the head tests (tests/test_heads.py, test_rl_log_prob_*).
+
+Kept free of TensorFlow (the data pipeline imports it), so the RL likelihood tests that only
+need these shapes do not pay its import.
+"""
+
+import functools
+
+import numpy as np
+
+from vla_jax.models import policy as policy_lib
+from vla_jax.models.heads import synthetic
+from vla_jax.tokenizers import fast
+
+H, D, S, TEXT_VOCAB = 4, 2, 3, 8  # Chunk length, action dim, state dim, text vocabulary.
+
+
+@functools.cache
+def fast_tokenizer():
+  """FAST fitted on the synthetic target chunks plus smooth random ones (vocabulary 64)."""
+  _, _, targets = synthetic.multimodal_batch(horizon=H, action_dim=D, state_dim=S, modes=1)
+  rng = np.random.default_rng(0)
+  extra = np.cumsum(rng.normal(0, 0.2, (200, H, D)), axis=1).clip(-1, 1)
+  chunks = np.concatenate([targets[:, 0], extra]).astype(np.float32)
+  return fast.FastTokenizer(H, D, scale=10.0, vocab_size=64).fit(chunks)
+
+
+def micro_config(head: str, llm_depth: int = 2):
+  """Micro backbone: ViT 1 x 32 over 16 x 16 images (4 tokens), Gemma ``llm_depth`` x 32, action
+  expert width 16; ``head`` may be "ar_fast" (the AR head with FAST tokens)."""
+  c = policy_lib.default_policy_config("ar" if head == "ar_fast" else head)
+  c.backbone.vit.update(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8, image_size=16,
+                        head_dim=32)
+  c.backbone.llm.update(width=32, depth=llm_depth, mlp_dim=64, num_heads=2, num_kv_heads=1,
+                        head_dim=16)
+  c.flow.update(expert_width=16, expert_mlp_dim=32, num_noise_samples=8)
+  c.diffusion.update(hidden=64, num_blocks=2, num_noise_samples=8)
+  c.ar.num_bins = 64
+  if head == "ar_fast":
+    c.ar.update(tokenizer="fast", max_fast_tokens=H * D)
+  c.discrete_diffusion.num_bins = 64
+  return c
