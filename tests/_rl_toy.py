@@ -77,15 +77,17 @@ def train_config(rl, **overrides) -> ml_collections.ConfigDict:
 
 class Model:
   """The train loop's model for RL: ``init`` from an example observation (the batch holds
-  seeds), optionally starting from given params (``pretrained_params``)."""
+  seeds; ``init_fn`` = ``RLStepBuilder.initial_params``, default the policy's own init),
+  optionally starting from given params (``pretrained_params``)."""
 
-  def __init__(self, policy, adapter, params=None):
+  def __init__(self, policy, adapter, params=None, init_fn=None):
     self.policy, self.params = policy, params
+    self.init_fn = init_fn or policy.init
     self.example = adapter.observation(adapter.initial_history(1), jnp.zeros((1,), jnp.int32))
 
   def init(self, rng, example_batch):
     del example_batch
-    return self.policy.init(rng, self.example)
+    return self.init_fn(rng, self.example)
 
   def pretrained_params(self, abstract_params):
     if self.params is None:
@@ -116,10 +118,11 @@ def run(workdir: str, rl=None, mesh=None, params=None, print_fn=lambda *a, **k: 
         on_batch(step)
       yield batch
 
-  return trainer.train(config, workdir, model=Model(policy, adapter, params),
+  builder = rl_step.RLStepBuilder(policy, env, adapter, rl)
+  return trainer.train(config, workdir,
+                       model=Model(policy, adapter, params, builder.initial_params),
                        make_data_iterator=make_data_iterator, mesh=mesh, print_fn=print_fn,
-                       callback=callback, callback_every=callback_every,
-                       make_step=rl_step.RLStepBuilder(policy, env, adapter, rl))
+                       callback=callback, callback_every=callback_every, make_step=builder)
 
 
 def tree_max_diff(a, b) -> float:

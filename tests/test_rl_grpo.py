@@ -73,8 +73,54 @@ def test_rl_config_errors_name_the_key():
   rl_config_lib.check_rl_config(rl, "flow")
   for key, value, match in (("likelihood", "fpo", "rl.likelihood='fpo' needs the flow head"),
                             ("group_size", 1, "rl.group_size=1"),
-                            ("algorithm", "ppo", "rl.algorithm='ppo'")):
+                            ("algorithm", "reinforce", "rl.algorithm='reinforce'")):
     bad = rl_config_lib.default_rl_config()
     bad[key] = value
     with pytest.raises(ValueError, match=match):
       rl_config_lib.check_rl_config(bad, "ar")
+
+
+def _gae_reference(rewards, values, next_values, terminal, done, valid, gamma, lam):
+  """GAE as a plain loop over one env's steps (the textbook recursion, per env)."""
+  t_len, n = rewards.shape
+  adv = np.zeros((t_len, n))
+  for i in range(n):
+    running = 0.0
+    for t in reversed(range(t_len)):
+      if not valid[t, i]:
+        running = 0.0
+        continue
+      if done[t, i]:
+        running = 0.0  # Nothing flows back across the episode's end.
+      boot = 0.0 if terminal[t, i] else gamma * next_values[t, i]
+      running = rewards[t, i] + boot - values[t, i] + gamma * lam * running
+      adv[t, i] = running
+  return adv
+
+
+def test_gae_bootstraps_truncation_but_not_termination():
+  from vla_jax.rl import ppo  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  t_len = 5
+  rewards = rng.normal(size=(t_len, 3)).astype(np.float32)
+  values = rng.normal(size=(t_len, 3)).astype(np.float32)
+  next_values = np.concatenate([values[1:], rng.normal(size=(1, 3))]).astype(np.float32)
+  # Env 0 runs to the horizon (truncated at the last step); env 1 terminates at step 2 (then
+  # frozen: invalid); env 2 is truncated at step 3 and frozen after.
+  done = np.zeros((t_len, 3), bool)
+  terminal = np.zeros((t_len, 3), bool)
+  valid = np.ones((t_len, 3), bool)
+  done[4, 0] = True
+  done[2, 1] = terminal[2, 1] = True
+  valid[3:, 1] = False
+  done[3, 2] = True
+  valid[4:, 2] = False
+  adv, ret = ppo.gae(jnp.asarray(rewards), jnp.asarray(values), jnp.asarray(next_values),
+                     jnp.asarray(terminal), jnp.asarray(done), jnp.asarray(valid), 0.9, 0.8)
+  want = _gae_reference(rewards, values, next_values, terminal, done, valid, 0.9, 0.8)
+  np.testing.assert_allclose(adv, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ret, np.where(valid, want + values, 0.0), rtol=1e-5, atol=1e-6)
+  # The terminal step has no bootstrap; the truncated ones do.
+  np.testing.assert_allclose(adv[2, 1], rewards[2, 1] - values[2, 1], rtol=1e-6)
+  np.testing.assert_allclose(adv[3, 2], rewards[3, 2] + 0.9 * next_values[3, 2] - values[3, 2],
+                             rtol=1e-5)

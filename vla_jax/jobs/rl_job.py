@@ -43,19 +43,20 @@ MAIN_JOB_COMMAND = ("python experiments/train.py --config=configs/vla_tiny.py "
 class PolicyFromCheckpoint:
   """The train loop's model: the loaded policy, initialized from the checkpoint's params.
 
-  ``init`` builds params from an example observation (the RL batch holds only seeds);
-  ``pretrained_params`` gives every param's value from the checkpoint, so step 0 of the RL run
-  is exactly the starting policy.
+  ``init`` builds params from an example observation (the RL batch holds only seeds) with
+  ``init_fn(rng, observation)`` (``RLStepBuilder.initial_params``: PPO adds its critic);
+  ``pretrained_params`` gives every policy param's value from the checkpoint, so step 0 of the
+  RL run is exactly the starting policy (a critic keeps its random init).
   """
 
-  def __init__(self, policy, example_observation: dict, params: Any, source: str):
-    self.policy, self.example_observation = policy, example_observation
+  def __init__(self, init_fn, example_observation: dict, params: Any, source: str):
+    self.init_fn, self.example_observation = init_fn, example_observation
     self.arrays = {k: np.asarray(v) for k, v in transfer.named_leaves(params).items()}
     self.source = source
 
   def init(self, rng, example_batch):
     del example_batch  # Seeds; the params' shapes come from an observation.
-    return self.policy.init(rng, self.example_observation)
+    return self.init_fn(rng, self.example_observation)
 
   def pretrained_params(self, abstract_params):
     del abstract_params  # place_initial_params checks every path and shape.
@@ -126,7 +127,7 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
                                   ref_params=loaded.params if rl.kl_coef > 0 else None)
   example_obs = jax.tree.map(np.asarray, adapter.observation(adapter.initial_history(1),
                                                              np.zeros((1,), np.int32)))
-  model = PolicyFromCheckpoint(policy, example_obs, loaded.params,
+  model = PolicyFromCheckpoint(builder.initial_params, example_obs, loaded.params,
                                f"checkpoint {config.init_workdir} step {loaded.step}")
   tokenizers = {"text": loaded.text_tokenizer}
   if base.policy.head == "ar" and base.policy.ar.tokenizer == "fast":
@@ -177,10 +178,14 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
                          envs_per_iter, rl_env.horizon, os.path.join(workdir, "rl_curves.png"))
   total = time.time() - t_start
   its = result.step
-  totals = interval_totals(result.history, start_step=0)
+  # Steady state: from the second logged interval on (the first one compiles the step).
+  steady = result.history[1:] or result.history
+  totals = interval_totals(steady, start_step=result.history[0]["step"] if len(
+      result.history) > 1 else 0)
   throughput = (
-      f"{its} iterations of {envs_per_iter} envs ({rl.num_groups} groups x {rl.group_size}) "
-      f"in {totals['seconds']:.0f} s of RL iterations (evaluations excluded): "
+      f"{its} iterations of {envs_per_iter} envs ({rl.num_groups} groups x {rl.group_size}); "
+      f"after the first (compiling) one, {totals['seconds']:.0f} s of RL iterations "
+      "(evaluations excluded): "
       f"{totals['env_steps'] / totals['seconds']:.0f} env steps/s (steps of running episodes), "
       f"{totals['decisions'] / totals['seconds']:.0f} policy queries/s (chunks sampled, per "
       f"env), {its * rl.updates_per_iteration / totals['seconds']:.2f} updates/s. The split of "

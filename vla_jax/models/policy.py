@@ -36,6 +36,7 @@ import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -153,6 +154,15 @@ class Policy:
                  t: jax.Array) -> jax.Array:
     """Flow head only (FPO): per-sample flow-matching losses float32 [B, M]."""
     return self._rl_method("cfm_losses")(params, observation, actions, noise, t)
+
+  def features(self, params: Any, observation: dict) -> jax.Array:
+    """float32 [B, W]: the backbone's observation features, the mean of the prefix's hidden
+    states over its valid tokens (what a value head reads; every head has the same prefix)."""
+    def pooled(module, obs):
+      hidden, mask, _ = module.backbone.run_prefix(obs)
+      m = mask.astype(jnp.float32)[..., None]
+      return jnp.sum(hidden.astype(jnp.float32) * m, axis=1) / jnp.maximum(m.sum(1), 1.0)
+    return self.head.module.apply({"params": params}, observation, method=pooled)
 
   def supports(self, method: str) -> bool:
     """Whether the head implements an RL method (``sample_stochastic``, ``cfm_losses``...)."""

@@ -9,7 +9,8 @@ normalization). At every decision (every ``replan_every`` control steps) it call
 * ``history``: the policy's observation window (``image/<camera>`` uint8 [N, T, h, w, 3],
   ``state`` float32 [N, T, S], ``obs_mask`` [N, T]); the text is ``instruction_id``'s row of the
   adapter's table, so it is not stored;
-* ``sample`` / ``log_prob``: what the sampler returned at the last decision;
+* ``sample`` / ``log_prob`` (and ``value``, PPO's critic, when the sampler adds it): what the
+  sampler returned at the last decision;
 * ``decision`` bool [N]: this step drew a new chunk (False while executing the rest of one).
 
 The rollout is a pure function of ``(params, env_state, policy_state, rng)``; RL start states
@@ -46,8 +47,7 @@ class RLActor:
   def _record_template(self, params, n: int) -> dict:
     obs = self.adapter.observation(self.adapter.initial_history(n), jnp.zeros((n,), jnp.int32))
     out = jax.eval_shape(self.sample_fn, params, obs, jax.random.PRNGKey(0))
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                        {"sample": out["sample"], "log_prob": out["log_prob"]})
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _recorded(out))
 
   def initial_carry(self, n: int, params: Any) -> tuple[Any, ...]:
     """``(history, planned chunk [N, H, D], steps since planning int32 [], last record)``."""
@@ -65,13 +65,18 @@ class RLActor:
       out = self.sample_fn(params, observation, key)
       actions = normalization.unnormalize(out["actions"], adapter.action_stats, adapter.norm_mode)
       actions = jnp.where(out["valid"][:, None, None], actions, jnp.nan)
-      return actions, {"sample": out["sample"], "log_prob": out["log_prob"]}
+      return actions, _recorded(out)
 
     planned, record = jax.lax.cond(decide, plan, lambda: (planned, record))
     action = jnp.take(planned, since % adapter.replan_every, axis=1)
     n = action.shape[0]
     extras = {"history": history, "decision": jnp.full((n,), decide), **record}
     return action, (history, planned, since + 1, record), extras
+
+
+def _recorded(out: dict) -> dict:
+  """What a decision records of the sampler's output (``value``: PPO's critic, when present)."""
+  return {k: out[k] for k in ("sample", "log_prob", "value") if k in out}
 
 
 def train_episodes(step: int, num_groups: int, group_size: int, task_ids: Sequence[int]

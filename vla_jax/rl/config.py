@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-ALGORITHMS = ("grpo",)
+ALGORITHMS = ("grpo", "ppo")
 LIKELIHOODS = ("exact", "fpo")
 REWARDS = ("success", "dense")
 
@@ -14,7 +14,11 @@ def default_rl_config() -> ml_collections.ConfigDict:
 
   Keys:
     algorithm: "grpo" (group-relative advantages, no critic; Shao et al. 2024 as used by
-      SimpleVLA-RL, Li et al. 2025).
+      SimpleVLA-RL, Li et al. 2025) or "ppo" (GAE with a critic on the backbone's pooled
+      features, ``vla_jax.rl.value``; RLinf and piRL fine-tune with PPO; needs a decision at
+      every control step, ``eval.replan_every = 1``).
+    gamma, gae_lambda: PPO's discount and GAE lambda (0.99, 0.95: the common PPO defaults).
+    value_coef: weight of the critic's squared error in the loss. value_hidden: its MLP width.
     likelihood: "exact": the head's stochastic sampler and its exact log-likelihood
       (``policy.sample_stochastic`` / ``policy.log_prob``: Flow-Noise for the flow head, masked
       token log-probs for token heads); "fpo": Flow Policy Optimization (flow head only): the
@@ -58,6 +62,10 @@ def default_rl_config() -> ml_collections.ConfigDict:
       "clip_low": 0.2,
       "clip_high": 0.28,
       "kl_coef": 0.0,
+      "gamma": 0.99,
+      "gae_lambda": 0.95,
+      "value_coef": 0.5,
+      "value_hidden": 256,
       "updates_per_iteration": 2,
       "decisions_per_update": 256,
       "sample_options": ml_collections.ConfigDict({"noise_std": 0.1}),
@@ -84,7 +92,7 @@ def check_rl_config(rl: ml_collections.ConfigDict, head: str) -> None:
               "fpo_samples"):
     if rl[key] < 1:
       raise ValueError(f"rl.{key}={rl[key]} must be >= 1")
-  if rl.group_size < 2:
+  if rl.algorithm == "grpo" and rl.group_size < 2:
     raise ValueError(f"rl.group_size={rl.group_size}: group-relative advantages need >= 2")
   if not (0 <= rl.clip_low < 1 and rl.clip_high >= 0):
     raise ValueError(f"rl.clip_low={rl.clip_low} must be in [0, 1), rl.clip_high="

@@ -9,12 +9,13 @@ mesh's data axis):
 2. roll them out for the horizon with the current params and the head's stochastic sampler
    (:class:`~vla_jax.rl.collect.RLActor`), recording each decision's observation, sample and
    log-likelihood;
-3. returns per episode (binary success or the summed dense reward), group-relative advantages
-   with dynamic sampling (:mod:`vla_jax.rl.grpo`);
+3. advantages: GRPO's group-relative ones of each episode's return (binary success or the
+   summed dense reward) with dynamic sampling (:mod:`vla_jax.rl.grpo`), or PPO's GAE with the
+   critic's values recorded at each decision (:mod:`vla_jax.rl.ppo`, :mod:`vla_jax.rl.value`);
 4. ``rl.updates_per_iteration`` optimizer steps, each on ``rl.decisions_per_update`` decisions
    drawn at random among the kept groups' decisions, on the clipped surrogate of the ratio
    against the rollout policy (exact log-likelihoods, or FPO's per-sample flow-matching losses),
-   plus an optional k3 KL to the reference (starting) params. With no decision kept (every group
+   plus an optional k3 KL to the reference (starting) params (PPO: plus the critic's loss). With no decision kept (every group
    all-success or all-failure) the params and optimizer state are left unchanged.
 
 The ``batch`` is ``{"seeds": int32 [N], "task_ids": int32 [N]}`` (N = ``train.batch_size`` =
@@ -35,7 +36,8 @@ from jax.sharding import Mesh
 
 from vla_jax.envs import rollout as rollout_lib
 from vla_jax.envs.tabletop import TabletopEnv
-from vla_jax.rl import collect, grpo
+from vla_jax.rl import collect, grpo, ppo
+from vla_jax.rl import value as value_lib
 from vla_jax.training import sharding as sharding_lib
 from vla_jax.training import train_step as step_lib
 from vla_jax.training.train_state import TrainState
@@ -59,12 +61,17 @@ class RLStepBuilder:
     self.policy, self.env, self.adapter, self.rl = policy, env, adapter, rl
     self.ref_params = ref_params if rl.kl_coef > 0 else None
     check_policy_supports(policy, rl)
+    if rl.algorithm == "ppo" and adapter.replan_every != 1:
+      raise ValueError(f"rl.algorithm='ppo' needs a decision at every control step (GAE over "
+                       f"steps); the adapter replans every {adapter.replan_every}")
     options = dict(rl.sample_options)
     if rl.likelihood == "exact":
       sample_fn = functools.partial(policy.sample_stochastic, **options)
       self.log_prob = functools.partial(policy.log_prob, **options)
     else:  # FPO: the head's own sampler (options are ``sample``'s); losses score the chunk.
       sample_fn = functools.partial(_fpo_sample, policy, options)
+    if rl.algorithm == "ppo":  # The critic's V(s_t) is recorded at every decision.
+      sample_fn = functools.partial(_with_value, sample_fn, self.value)
     self.actor = collect.RLActor(adapter, sample_fn)
     self.rollout = rollout_lib.make_rollout(env, self.actor, record_obs=False)
 
@@ -83,14 +90,61 @@ class RLStepBuilder:
                      donate_argnums=(0,))
     return lambda state, batch: jitted(state, batch, self.ref_params)
 
-  def collect(self, params, batch: dict, key: jax.Array) -> dict:
-    """Rollouts of ``batch``'s start states with ``params``: the trajectory (time-major)."""
+  def initial_params(self, rng: jax.Array, example_observation: dict) -> Any:
+    """The policy's init params, plus the critic's (:data:`value.VALUE_KEY`) for PPO."""
+    if self.rl.algorithm != "ppo":
+      return self.policy.init(rng, example_observation)
+    policy_rng, value_rng = jax.random.split(rng)
+    params = self.policy.init(policy_rng, example_observation)
+    width = self.policy.backbone_config.llm.width
+    return {**params, value_lib.VALUE_KEY: value_lib.init_value_params(
+        value_rng, width, self.rl.value_hidden)}
+
+  def value(self, params, observation: dict) -> jax.Array:
+    """float32 [B]: the critic's V(observation) (PPO)."""
+    return value_lib.value(self.policy, params, observation, self.rl.value_hidden)
+
+  def collect(self, params, batch: dict, key: jax.Array) -> tuple[Any, dict]:
+    """Rollouts of ``batch``'s start states with ``params``: ``(final env state, trajectory)``
+    (time-major, see ``vla_jax.envs.rollout.make_rollout``)."""
     n, t = batch["seeds"].shape[0], self.env.horizon
     reset_keys, _ = rollout_lib.seed_keys(batch["seeds"])
     start = rollout_lib.reset_batch(self.env, reset_keys, batch["task_ids"])
     carry = self.actor.initial_carry(n, params)
-    _, traj = self.rollout(start, jax.random.split(key, t), carry, params)
-    return traj
+    return self.rollout(start, jax.random.split(key, t), carry, params)
+
+  def advantages(self, params, final, traj: dict) -> tuple[jax.Array, jax.Array, dict]:
+    """``(advantages [T, N], eligible decisions bool [T, N], extra per-decision arrays)``.
+
+    GRPO: the episode's group-relative advantage at each of its decisions, only in kept groups.
+    PPO: GAE of per-step rewards with the recorded values, bootstrapped at the horizon with the
+    value of the state reached (:mod:`vla_jax.rl.ppo`), normalized over the decisions; the
+    returns (targets of the value loss) come along in the extras.
+    """
+    rl, valid, extras = self.rl, traj["valid"], traj["extras"]
+    t, n = valid.shape
+    if rl.algorithm == "grpo":
+      adv, kept = grpo.group_advantages(_episode_returns(traj, rl.reward), rl.group_size)
+      return (jnp.broadcast_to(adv, (t, n)), extras["decision"] & valid & kept[None],
+              {"kept": kept})
+    if rl.reward == "success":  # 1 at the step that first reaches success.
+      before = jnp.concatenate([jnp.zeros_like(traj["success"][:1]), traj["success"][:-1]])
+      rewards = (traj["success"] & ~before).astype(jnp.float32)
+    else:
+      rewards = traj["reward"]
+    last = self.adapter.update_history(jax.tree.map(lambda x: x[-1], extras["history"]),
+                                       rollout_lib.policy_obs(final))
+    v_last = self.value(params, self.adapter.observation(last, traj["instruction_id"]))
+    values = extras["value"]
+    next_values = jnp.concatenate([values[1:], v_last[None]])
+    adv, returns = ppo.gae(rewards, values, next_values, traj["terminal"], traj["done"], valid,
+                           rl.gamma, rl.gae_lambda)
+    eligible = extras["decision"] & valid
+    w = eligible.astype(jnp.float32)
+    mean = jnp.sum(adv * w) / jnp.maximum(w.sum(), 1.0)
+    std = jnp.sqrt(jnp.sum(jnp.square(adv - mean) * w) / jnp.maximum(w.sum(), 1.0))
+    return ((adv - mean) / (std + 1e-8), eligible,
+            {"kept": jnp.ones((n,), bool), "return": returns})
 
   def step(self, state: TrainState, batch: dict, ref_params: Any, *,
            optimizer: optax.GradientTransformation, schedule: optax.Schedule,
@@ -100,22 +154,20 @@ class RLStepBuilder:
     rng = jax.random.fold_in(state.rng, state.step)
     collect_key, update_key = jax.random.split(rng)
     old_params = jax.lax.stop_gradient(state.params)
-    traj = self.collect(old_params, batch, collect_key)
+    final, traj = self.collect(old_params, batch, collect_key)
     valid = traj["valid"]  # [T, N]
     t, n = valid.shape
     success = traj["success"][-1]
-    if rl.reward == "success":
-      returns = success.astype(jnp.float32)
-    else:
-      returns = jnp.sum(jnp.where(valid, traj["reward"], 0.0), axis=0)
-    adv, kept = grpo.group_advantages(returns, rl.group_size)
+    returns = _episode_returns(traj, rl.reward)
+    adv, eligible, more = self.advantages(old_params, final, traj)
+    kept = more.pop("kept")
     extras = traj["extras"]
-    eligible = (extras["decision"] & valid & kept[None]).reshape(t * n)
+    eligible = eligible.reshape(t * n)
     flat = jax.tree.map(lambda x: x.reshape((t * n,) + x.shape[2:]),
                         {"history": extras["history"], "sample": extras["sample"],
                          "log_prob": extras["log_prob"],
                          "instruction_id": jnp.broadcast_to(traj["instruction_id"], (t, n)),
-                         "advantage": jnp.broadcast_to(adv, (t, n))})
+                         "advantage": adv, **more})
 
     def update(carry, key):
       params, opt_state = carry
@@ -165,12 +217,28 @@ class RLStepBuilder:
     loss, metrics = grpo.clipped_surrogate(log_ratio, mb["advantage"], weights, rl.clip_low,
                                            rl.clip_high)
     metrics["policy_loss"] = loss
+    if rl.algorithm == "ppo":
+      err = jnp.square(self.value(params, obs) - mb["return"])
+      value_loss = jnp.sum(weights * err) / jnp.maximum(weights.sum(), 1.0)
+      loss = loss + rl.value_coef * value_loss
+      metrics["value_loss"] = value_loss
     if ref_params is not None and new_lp is not None:
       kl = grpo.k3_kl(new_lp, jax.lax.stop_gradient(self.log_prob(ref_params, obs, mb["sample"])),
                       weights)
       loss = loss + rl.kl_coef * kl
       metrics["kl_ref"] = kl
     return loss, metrics
+
+
+def _episode_returns(traj: dict, reward: str) -> jax.Array:
+  """float32 [N]: binary success at the episode's end, or the summed dense reward."""
+  if reward == "success":
+    return traj["success"][-1].astype(jnp.float32)
+  return jnp.sum(jnp.where(traj["valid"], traj["reward"], 0.0), axis=0)
+
+
+def _with_value(sample_fn, value_fn, params, observation, key) -> dict:
+  return {**sample_fn(params, observation, key), "value": value_fn(params, observation)}
 
 
 def check_policy_supports(policy, rl: ml_collections.ConfigDict) -> None:
