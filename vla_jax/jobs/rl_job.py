@@ -150,6 +150,12 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
     print_fn(f"[eval @ iteration {step}] {res.summary()}", flush=True)
 
   t_train[0] = time.time()
+  if rl.eval_every and checkpoints.latest_step(os.path.join(workdir, "checkpoints")) is None:
+    # The starting point on the periodic evaluations' own episodes: what later ones compare to.
+    res = evaluator(loaded.params, num_episodes_per_task=rl.eval_episodes_per_task,
+                    block="dev", print_fn=lambda *a, **k: None)
+    evals.append({"step": 0, "seconds": 0.0, "mean_success": res.mean_success})
+    print_fn(f"[eval @ iteration 0] {res.summary()}", flush=True)
   result = trainer.train(run_config, workdir, model=model,
                          make_data_iterator=collect.make_episode_iterator(
                              rl.num_groups, rl.group_size, task_ids),
