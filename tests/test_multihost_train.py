@@ -137,6 +137,8 @@ def test_finetune_rl_entry_point_fine_tunes_the_checkpoint(run, tmp_path):
   command = [sys.executable, os.path.join(REPO_ROOT, "experiments", "finetune_rl.py"), config,
              "--config.rl.eval_every=1", "--config.rl.eval_episodes_per_task=1",
              "--config.rl.decisions_per_update=4", "--config.rl.reward=dense",
+             # PPO: the job end to end with the critic (GRPO runs in tests/test_rl_*.py).
+             "--config.rl.algorithm=ppo",
              f"--workdir={rl_dir}"]
   env = {**os.environ, **_FAST_COMPILE_ENV}
   done = subprocess.run(command, env=env, cwd=str(tmp_path), capture_output=True, text=True,
@@ -156,7 +158,10 @@ def test_finetune_rl_entry_point_fine_tunes_the_checkpoint(run, tmp_path):
   # The RL checkpoint is self-describing too: experiments/eval.py rebuilds its policy.
   from vla_jax.jobs import main_job  # pylint: disable=g-import-not-at-top
   loaded = main_job.load_checkpoint_policy(rl_dir)
-  assert loaded.step == 2 and loaded.config["rl"]["group_size"] == 2
+  assert loaded.step == 2 and loaded.config["rl"]["algorithm"] == "ppo"
+  # The critic is saved with the policy's params (the policy's modules ignore it: the "after"
+  # evaluation above acted with exactly these params).
+  assert "rl_value" in loaded.params
   # Without a starting checkpoint: a named error with the command that makes one.
   missing = subprocess.run([*command[:3], "--config.init_workdir=" + str(tmp_path / "none"),
                             f"--workdir={tmp_path / 'rl2'}"], env=env, capture_output=True,
