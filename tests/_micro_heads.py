@@ -6,6 +6,8 @@ need these shapes do not pay its import.
 
 import functools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vla_jax.models import policy as policy_lib
@@ -40,3 +42,11 @@ def micro_config(head: str, llm_depth: int = 2):
     c.ar.update(tokenizer="fast", max_fast_tokens=H * D)
   c.discrete_diffusion.num_bins = 64
   return c
+
+
+def micro_batch():
+  """``(batch, observation, cond, targets)``: the synthetic batch of these shapes as jax arrays,
+  and its observation (the batch without ``actions`` / ``action_mask``)."""
+  batch, cond, targets = synthetic.multimodal_batch(horizon=H, action_dim=D, state_dim=S, modes=1)
+  batch = jax.tree.map(jnp.asarray, batch)
+  return batch, {k: v for k, v in batch.items() if not k.startswith("action")}, cond, targets

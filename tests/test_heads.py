@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _micro_heads import TEXT_VOCAB, D, H, S, fast_tokenizer, micro_config
+from _micro_heads import TEXT_VOCAB, D, H, S, fast_tokenizer, micro_batch, micro_config
 
 from vla_jax.data import pipeline
 from vla_jax.models import policy as policy_lib
@@ -38,10 +38,7 @@ BLANK_MIN_ERROR = 0.2
 
 @pytest.fixture(scope="module")
 def data():
-  batch, cond, targets = synthetic.multimodal_batch(horizon=H, action_dim=D, state_dim=S, modes=1)
-  batch = jax.tree.map(jnp.asarray, batch)
-  obs = {k: v for k, v in batch.items() if not k.startswith("action")}
-  return batch, obs, cond, targets
+  return micro_batch()
 
 
 _TRAINED = {}

@@ -13,20 +13,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _micro_heads import TEXT_VOCAB, D, H, S, micro_config
+from _micro_heads import TEXT_VOCAB, D, H, S, micro_batch, micro_config
 from scipy import stats
 
 from vla_jax.models import policy as policy_lib
-from vla_jax.models.heads import ddpm, diffusion, synthetic
+from vla_jax.models.heads import ddpm, diffusion
 
 LAST_K = 3
 
 
 @pytest.fixture(scope="module")
 def setup():
-  batch, _, _ = synthetic.multimodal_batch(horizon=H, action_dim=D, state_dim=S, modes=1)
-  batch = jax.tree.map(jnp.asarray, batch)
-  obs = {k: v for k, v in batch.items() if not k.startswith("action")}
+  batch, obs, _, _ = micro_batch()
   pol = policy_lib.make_policy(micro_config("diffusion"), action_dim=D, action_horizon=H, state_dim=S,
                                text_vocab_size=TEXT_VOCAB)
   head = pol.head

@@ -10,12 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _micro_heads import TEXT_VOCAB, D, H, S, micro_config
+from _micro_heads import TEXT_VOCAB, D, H, S, micro_batch, micro_config
 from scipy import stats
 
 from vla_jax.models import policy as policy_lib
 from vla_jax.models.heads import flow as flow_lib
-from vla_jax.models.heads import synthetic
 
 K, STD, TEMP = 3, 0.2, 0.8
 
@@ -24,8 +23,7 @@ K, STD, TEMP = 3, 0.2, 0.8
 def setup():
   pol = policy_lib.make_policy(micro_config("flow"), action_dim=D, action_horizon=H, state_dim=S,
                                text_vocab_size=TEXT_VOCAB)
-  batch, _, _ = synthetic.multimodal_batch(horizon=H, action_dim=D, state_dim=S, modes=1)
-  obs = {k: jnp.asarray(v) for k, v in batch.items() if not k.startswith("action")}
+  _, obs, _, _ = micro_batch()
   params = jax.jit(pol.init)(jax.random.key(0), obs)
   opts = {"num_steps": K, "noise_std": STD, "noise_temperature": TEMP}
   sample = jax.jit(functools.partial(pol.sample_stochastic, **opts))

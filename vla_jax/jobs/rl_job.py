@@ -136,7 +136,7 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
                              tokenizers=tokenizers, example_batch=example_obs)
 
   envs_per_iter = rl.num_groups * rl.group_size
-  evals: list[dict[str, float]] = []  # step, env_steps, seconds, mean success (dev)
+  evals: list[dict[str, float]] = []  # step, seconds, mean success (dev)
   t_train = [0.0]
 
   def periodic_eval(step: int, state) -> None:
