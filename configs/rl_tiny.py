@@ -7,7 +7,8 @@
 
 Args (``:key=value,...``): init_workdir (workdirs/vla_tiny), iterations (100), groups (start
 states per iteration, 8), group_size (G, 8), likelihood (exact | fpo), reward (success | dense),
-tasks ("" = all; e.g. push), eval_episodes (before/after, per task, test block: 100), lr (3e-5).
+tasks ("" = all; e.g. push), eval_episodes (before/after, per task: 100), eval_block (test; dev
+for tuning runs), lr (3e-5), train ("all"; "expert" freezes the VLM but its action expert).
 ``--config.rl.algorithm=ppo`` switches to PPO with a critic (vla_jax/rl/config.py lists every
 RL key and the published values they start from).
 
@@ -22,6 +23,7 @@ History and next ideas: docs/experiments/rl_tiny.md.
 import ml_collections
 
 from vla_jax import config_args
+from vla_jax.models import policy as policy_lib
 from vla_jax.rl import config as rl_config_lib
 from vla_jax.training import config as train_config_lib
 
@@ -29,7 +31,7 @@ from vla_jax.training import config as train_config_lib
 def get_config(arg=None):
   a = config_args.parse_arg(arg, init_workdir="workdirs/vla_tiny", iterations=100, groups=8,
                             group_size=8, likelihood="exact", reward="success", tasks="",
-                            eval_episodes=100, lr=3e-5)
+                            eval_episodes=100, eval_block="test", lr=3e-5, train="all")
   c = ml_collections.ConfigDict()
   c.init_workdir = a.init_workdir
   c.init_step = 0  # 0 = the latest checkpoint of init_workdir
@@ -61,11 +63,17 @@ def get_config(arg=None):
   c.train.end_lr_fraction = 1.0  # constant learning rate
   c.train.weight_decay = 0.0  # do not pull the imitation weights toward 0
   c.train.ema_decay = 0.0
+  if a.train not in ("all", "expert"):
+    raise ValueError(f"rl_tiny: train='{a.train}' must be 'all' or 'expert'")
+  # "expert": only the action expert and the small projections train, the VLM stays frozen
+  # (its backward pass, most of an update's cost, is skipped).
+  c.train.trainable = policy_lib.FREEZE_BACKBONE if a.train == "expert" else ".*"
   c.train.log_every = 1
   c.train.checkpoint_every = 10
 
   c.eval = ml_collections.ConfigDict({
       "num_episodes_per_task": a.eval_episodes,  # before and after, test block
       "video_episodes": 1,
+      "block": a.eval_block,  # "dev" for tuning runs; the reported figure is test's
   })
   return c

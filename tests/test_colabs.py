@@ -1,4 +1,9 @@
-"""Executes every notebook in colabs/ end to end (nbclient, the `python3` kernel of this Python)."""
+"""Executes every notebook in colabs/ end to end (nbclient, the `python3` kernel of this Python).
+
+A notebook's own ``assert`` cells are part of the test: ``rl_finetune.ipynb`` ends by checking
+that GRPO improved its deliberately weakened micro policy (the return at least doubled, the bias
+moved back), the RL issue's "a tiny RL run improves a weakened policy" test.
+"""
 
 import glob
 import os

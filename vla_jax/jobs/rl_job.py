@@ -2,11 +2,12 @@
 
 1. :func:`vla_jax.jobs.main_job.load_checkpoint_policy` rebuilds the policy of
    ``config.init_workdir`` from its checkpoint alone (config, statistics, tokenizers, params).
-2. It is evaluated on the ``test`` seed block (``config.eval.num_episodes_per_task`` per task).
+2. It is evaluated on the ``test`` seed block (``config.eval.num_episodes_per_task`` per task;
+   ``config.eval.block = "dev"`` for tuning runs, so choices are never made on ``test``).
 3. The one train loop (``trainer.train``) runs RL iterations (:class:`vla_jax.rl.step.
    RLStepBuilder`, started from those params), with checkpoints, resume, SIGTERM save,
    TensorBoard and periodic evaluations on the ``dev`` block every ``rl.eval_every`` iterations.
-4. The fine-tuned params are evaluated on the same ``test`` episodes; ``report_rl.md`` gives
+4. The fine-tuned params are evaluated on the same episodes; ``report_rl.md`` gives
    success per task before and after (95% Wilson intervals), success against env steps and
    wall-clock (PNG), throughput, and rollout videos before and after.
 
@@ -113,8 +114,9 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
   task_ids = [env.task_names.index(t) for t in tasks]
 
   episodes = config.eval.num_episodes_per_task
-  print_fn(f"[eval] before RL: {episodes} episodes per task on the 'test' block", flush=True)
-  before = evaluator(loaded.params, num_episodes_per_task=episodes, block="test",
+  block = config.eval.get("block", "test")  # "dev" for tuning runs: test is for reports only
+  print_fn(f"[eval] before RL: {episodes} episodes per task on the '{block}' block", flush=True)
+  before = evaluator(loaded.params, num_episodes_per_task=episodes, block=block,
                      video_episodes=config.eval.video_episodes, print_fn=print_fn)
   print_fn(f"[eval] before RL: {before.summary()}", flush=True)
 
@@ -168,8 +170,8 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
     return ""
 
   params = jax.device_get(result.state.params)
-  print_fn(f"[eval] after RL: {episodes} episodes per task on the 'test' block", flush=True)
-  after = evaluator(params, num_episodes_per_task=episodes, block="test",
+  print_fn(f"[eval] after RL: {episodes} episodes per task on the '{block}' block", flush=True)
+  after = evaluator(params, num_episodes_per_task=episodes, block=block,
                     video_episodes=config.eval.video_episodes, print_fn=print_fn)
   print_fn(f"[eval] after RL: {after.summary()}", flush=True)
 
@@ -206,11 +208,11 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
       ("Summary",
        (f"Fine-tuned **{config.init_workdir}** (step {loaded.step}, {base.policy.head} head) with "
        f"{rl.algorithm.upper()} ({rl.likelihood} likelihood, {rl.reward} reward) for {its} "
-       f"iterations. Mean success on the **test** seed block: "
+       f"iterations. Mean success on the **{block}** seed block: "
        f"**{intervals.format_rate(*before.totals)} -> {intervals.format_rate(*after.totals)}** "
        f"(95% Wilson intervals, episodes). Wall-clock {total / 60:.1f} min in all (RL loop "
        f"{train_seconds / 60:.1f} min).")),
-      ("Success per task (test block, before -> after)", "\n".join(table)),
+      (f"Success per task ({block} block, before -> after)", "\n".join(table)),
       ("Learning curves",
        f"![rl curves]({os.path.basename(curve)})\n\nPeriodic evaluations (dev block, "
        f"{rl.eval_episodes_per_task} episodes per task): "

@@ -43,8 +43,8 @@ def default_rl_config() -> ml_collections.ConfigDict:
       noise, normalized action units) and ``noise_temperature`` (x_0's std), token heads
       ``temperature`` (SimpleVLA-RL samples at 1.6). The Flow-Noise likelihood credits only the
       per-step noise, not x_0 (it has no parameters), so the step noise must account for a
-      real share of the action spread (tests/test_rl_learns.py: no learning with x_0 at 1 and
-      steps at 0.1, a 3-4x return gain with 0.1 and 0.3).
+      real share of the action spread (micro reach, colabs/rl_finetune.ipynb: no learning with
+      x_0 at 1 and steps at 0.1, a 3-4x return gain with 0.1 and 0.3).
     fpo_samples: (noise, time) pairs per decision for ``likelihood="fpo"``.
     done_on_success: episodes stop at success during RL (later decisions would only add noise
       to the gradient); evaluation keeps the env's own setting.
