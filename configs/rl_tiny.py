@@ -8,7 +8,8 @@
 Args (``:key=value,...``): init_workdir (workdirs/vla_tiny), iterations (100), groups (start
 states per iteration, 8), group_size (G, 8), likelihood (exact | fpo), reward (success | dense),
 tasks ("" = all; e.g. push), eval_episodes (before/after, per task: 100), eval_block (test; dev
-for tuning runs), lr (3e-5), train ("all"; "expert" freezes the VLM but its action expert).
+for tuning runs), lr (3e-5), train ("all"; "expert" freezes the VLM but its action expert), replan (control steps between
+decisions during RL; 0 = the evaluation's). Several tasks: ``--config.rl.tasks=push,pick_place``.
 ``--config.rl.algorithm=ppo`` switches to PPO with a critic (vla_jax/rl/config.py lists every
 RL key and the published values they start from).
 
@@ -31,7 +32,7 @@ from vla_jax.training import config as train_config_lib
 def get_config(arg=None):
   a = config_args.parse_arg(arg, init_workdir="workdirs/vla_tiny", iterations=100, groups=8,
                             group_size=8, likelihood="exact", reward="success", tasks="",
-                            eval_episodes=100, eval_block="test", lr=3e-5, train="all")
+                            eval_episodes=100, eval_block="test", lr=3e-5, train="all", replan=0)
   c = ml_collections.ConfigDict()
   c.init_workdir = a.init_workdir
   c.init_step = 0  # 0 = the latest checkpoint of init_workdir
@@ -40,6 +41,7 @@ def get_config(arg=None):
   c.rl.likelihood = a.likelihood
   c.rl.reward = a.reward
   c.rl.tasks = a.tasks
+  c.rl.replan_every = a.replan
   c.rl.num_groups = a.groups
   c.rl.group_size = a.group_size
   # Flow-Noise: 0.2 std per Euler step in normalized action units (x_0 keeps the head's own

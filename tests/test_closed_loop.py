@@ -70,7 +70,9 @@ def test_observation_contract_and_unnormalized_actions():
 
 def test_replans_every_k_steps_and_executes_the_chunk_in_between():
   policy = _Policy(valid=[True, True])
-  adapter = _adapter(policy, replan_every=2)
+  receding = _adapter(policy, replan_every=1)
+  adapter = receding.with_replan_every(2)  # RL's way to execute chunks; evaluation keeps 1.
+  assert receding.replan_every == 1
   fn, carry = jax.jit(adapter), adapter.initial_carry(N)
   firsts = []
   for step in range(4):
@@ -111,3 +113,5 @@ def test_invalid_samples_become_nan_never_zero():
 def test_replan_every_must_fit_the_chunk():
   with pytest.raises(ValueError, match=r"replan_every=5 must be in \[1, H=4\]"):
     _adapter(_Policy([True]), replan_every=5)
+  with pytest.raises(ValueError, match=r"replan_every=0 must be in \[1, H=4\]"):
+    _adapter(_Policy([True]), replan_every=1).with_replan_every(0)

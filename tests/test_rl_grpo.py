@@ -73,6 +73,7 @@ def test_rl_config_errors_name_the_key():
   rl_config_lib.check_rl_config(rl, "flow")
   for key, value, match in (("likelihood", "fpo", "rl.likelihood='fpo' needs the flow head"),
                             ("group_size", 1, "rl.group_size=1"),
+                            ("replan_every", -1, "rl.replan_every=-1 must be >= 0"),
                             ("algorithm", "reinforce", "rl.algorithm='reinforce'")):
     bad = rl_config_lib.default_rl_config()
     bad[key] = value

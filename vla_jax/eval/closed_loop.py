@@ -21,6 +21,7 @@ a block has a fixed seed and task, so the episodes do not depend on ``batch_envs
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Mapping
@@ -119,6 +120,16 @@ class EnvPolicyAdapter:
     self.state_stats, self.action_stats = norm_stats["state"], norm_stats["action"]
     self.text_ids, self.text_mask = text_ids, text_mask
     self.sample_options = dict(sample_options or {})
+
+  def with_replan_every(self, replan_every: int) -> EnvPolicyAdapter:
+    """This adapter querying the policy every ``replan_every`` control steps instead (RL can
+    execute whole chunks while evaluation replans at every step)."""
+    horizon = self.policy.action_horizon
+    if not 1 <= replan_every <= horizon:
+      raise ValueError(f"EnvPolicyAdapter: replan_every={replan_every} must be in [1, H={horizon}]")
+    out = copy.copy(self)
+    out.replan_every = int(replan_every)
+    return out
 
   def _frame(self, obs: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """The current frame [N, ...] of what the history holds (images raw, state normalized)."""

@@ -124,7 +124,9 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
   run_config.rl = rl
   run_config.train = config.train
   run_config.init_workdir = config.init_workdir
-  adapter = evaluator.adapter
+  adapter = evaluator.adapter  # Periodic and final evaluations keep the evaluation's.
+  if rl.get("replan_every", 0):
+    adapter = adapter.with_replan_every(rl.replan_every)
   builder = rl_step.RLStepBuilder(policy, rl_env, adapter, rl,
                                   ref_params=loaded.params if rl.kl_coef > 0 else None)
   example_obs = jax.tree.map(np.asarray, adapter.observation(adapter.initial_history(1),

@@ -46,6 +46,12 @@ def default_rl_config() -> ml_collections.ConfigDict:
       real share of the action spread (micro reach, colabs/rl_finetune.ipynb: no learning with
       x_0 at 1 and steps at 0.1, a 3-4x return gain with 0.1 and 0.3).
     fpo_samples: (noise, time) pairs per decision for ``likelihood="fpo"``.
+    replan_every: control steps between decisions during RL (0 = the evaluation's
+      ``eval.replan_every``). With receding-horizon evaluation (1), each decision's
+      likelihood still scores the whole chunk of H actions though only the first one runs:
+      the others' terms add variance and no signal. Executing the whole chunk (H) makes every
+      scored action matter and samples H times fewer chunks (SimpleVLA-RL and piRL also
+      execute chunks); GRPO only (PPO's GAE needs a decision at every step).
     done_on_success: episodes stop at success during RL (later decisions would only add noise
       to the gradient); evaluation keeps the env's own setting.
     tasks: comma-separated task families to train on ("" = every task of the env).
@@ -70,6 +76,7 @@ def default_rl_config() -> ml_collections.ConfigDict:
       "decisions_per_update": 256,
       "sample_options": ml_collections.ConfigDict({"noise_std": 0.1}),
       "fpo_samples": 4,
+      "replan_every": 0,
       "done_on_success": True,
       "tasks": "",
       "eval_every": 20,
@@ -92,6 +99,8 @@ def check_rl_config(rl: ml_collections.ConfigDict, head: str) -> None:
               "fpo_samples"):
     if rl[key] < 1:
       raise ValueError(f"rl.{key}={rl[key]} must be >= 1")
+  if rl.get("replan_every", 0) < 0:
+    raise ValueError(f"rl.replan_every={rl.replan_every} must be >= 0 (0 = the evaluation's)")
   if rl.algorithm == "grpo" and rl.group_size < 2:
     raise ValueError(f"rl.group_size={rl.group_size}: group-relative advantages need >= 2")
   if not (0 <= rl.clip_low < 1 and rl.clip_high >= 0):
