@@ -9,7 +9,8 @@ Args (``:key=value,...``): init_workdir (workdirs/vla_tiny), iterations (100), g
 states per iteration, 8), group_size (G, 8), likelihood (exact | fpo), reward (success | dense),
 tasks ("" = all; e.g. push), eval_episodes (before/after, per task: 100), eval_block (test; dev
 for tuning runs), lr (3e-5), train ("all"; "expert" freezes the VLM but its action expert), replan (control steps between
-decisions during RL; 0 = the evaluation's). Several tasks: ``--config.rl.tasks=push,pick_place``.
+decisions during RL; 0 = the evaluation's), scored (flow: the likelihood scores the chunk's
+first this many actions; 0 = all H). Several tasks: ``--config.rl.tasks=push,pick_place``.
 ``--config.rl.algorithm=ppo`` switches to PPO with a critic (vla_jax/rl/config.py lists every
 RL key and the published values they start from).
 
@@ -32,7 +33,7 @@ from vla_jax.training import config as train_config_lib
 def get_config(arg=None):
   a = config_args.parse_arg(arg, init_workdir="workdirs/vla_tiny", iterations=100, groups=8,
                             group_size=8, likelihood="exact", reward="success", tasks="",
-                            eval_episodes=100, eval_block="test", lr=3e-5, train="all", replan=0)
+                            eval_episodes=100, eval_block="test", lr=3e-5, train="all", replan=0, scored=0)
   c = ml_collections.ConfigDict()
   c.init_workdir = a.init_workdir
   c.init_step = 0  # 0 = the latest checkpoint of init_workdir
@@ -49,6 +50,8 @@ def get_config(arg=None):
   # vla_jax/rl/config.py), so it must be a real share of the action spread; ReinFlow and piRL
   # learn it instead (a possible extension).
   c.rl.sample_options.noise_std = 0.2
+  if a.scored:  # Score only the chunk's first `scored` actions (FlowHead.log_prob).
+    c.rl.sample_options.scored_actions = a.scored
   # 4 optimizer steps on each batch of rollouts: collecting 64 episodes costs most of the
   # ~15 s of an iteration here. Learning rate 3e-5: at 3e-4 Adam's fresh moments moved every
   # weight by ~lr per step and the rollout success fell from 0.95 to ~0.6 within 20

@@ -39,16 +39,30 @@ def test_chain_log_prob_equals_independent_gaussian_densities(setup):
   np.testing.assert_array_equal(out["actions"], out["sample"]["chain"][:, -1])
   # Independent: velocities of the uncached joint pass, one Euler step at a time; scipy densities.
   mod = pol.head.module
-  ref = stats.norm.logpdf(chain[:, 0], 0.0, TEMP).sum(axis=(1, 2))
+  x0_term = stats.norm.logpdf(chain[:, 0], 0.0, TEMP).sum(axis=(1, 2))
+  step_terms = 0.0  # [B, H]: per chunk action, summed over steps and action dims
   for k in range(K):
     t = np.full((chain.shape[0], 1), 1.0 - k / K, np.float32)
     v = mod.apply({"params": params}, obs, jnp.asarray(chain[:, k][:, None], jnp.float32),
                   jnp.asarray(t), method=flow_lib.FlowModule.velocity_uncached)[:, 0]
     mean = chain[:, k] - np.asarray(v, np.float64) / K
-    ref += stats.norm.logpdf(chain[:, k + 1], mean, STD).sum(axis=(1, 2))
+    step_terms = step_terms + stats.norm.logpdf(chain[:, k + 1], mean, STD).sum(axis=2)
+  ref = x0_term + step_terms.sum(axis=1)
   np.testing.assert_allclose(out["log_prob"], ref, rtol=1e-5, atol=1e-3)
   np.testing.assert_allclose(log_prob(params, obs, out["sample"]), out["log_prob"], rtol=1e-5,
                              atol=1e-3)
+  # Scoring only the first (executed) action's steps: the same chain for the same key, and
+  # sampler and re-score agree on the partial sum.
+  opts = {"num_steps": K, "noise_std": STD, "noise_temperature": TEMP, "scored_actions": 1}
+  part = jax.jit(functools.partial(pol.sample_stochastic, **opts))(params, obs,
+                                                                   jax.random.key(3))
+  np.testing.assert_array_equal(part["sample"]["chain"], out["sample"]["chain"])
+  ref_part = x0_term + step_terms[:, 0]
+  np.testing.assert_allclose(part["log_prob"], ref_part, rtol=1e-5, atol=1e-3)
+  rescored = jax.jit(functools.partial(pol.log_prob, **opts))(params, obs, part["sample"])
+  np.testing.assert_allclose(rescored, ref_part, rtol=1e-5, atol=1e-3)
+  with pytest.raises(ValueError, match=r"scored_actions=0 must be in \[1, H=" + str(H)):
+    pol.log_prob(params, obs, part["sample"], **dict(opts, scored_actions=0))
 
 
 def test_sampling_is_seeded_and_log_prob_has_gradients(setup):

@@ -227,20 +227,23 @@ class FlowHead:
     return n, float(noise_std), temp
 
   def sample_stochastic(self, params, obs, rng, num_steps: int | None = None,
-                        noise_std: float = 0.1, noise_temperature: float | None = None
-                        ) -> dict[str, Array]:
+                        noise_std: float = 0.1, noise_temperature: float | None = None,
+                        scored_actions: int | None = None) -> dict[str, Array]:
     """Flow-Noise sampling: Euler steps with Gaussian noise after each (module docstring).
 
     Args:
       num_steps: K Euler steps (static; default ``self.num_steps``).
       noise_std: std of the noise added after every step, normalized action units (> 0).
       noise_temperature: std of x_0 (> 0; default ``self.noise_temperature``).
+      scored_actions: the returned ``log_prob`` sums the step terms of the chunk's first this
+        many actions only (None = all H; see :meth:`log_prob`).
 
     Returns:
       ``{"actions" [B, H, D], "valid" [B] (all True), "log_prob" float32 [B], "nfe" int32 [],
       "sample": {"chain": float32 [B, K + 1, H, D]}}`` (x_0 ... x_K, x_K = actions).
     """
     n, std, temp = self._check_stochastic(num_steps, noise_std, noise_temperature)
+    scored = self._check_scored(scored_actions)
     mod = self.module
     b = obs["obs_mask"].shape[0]
     shape = (b, 1, mod.horizon, mod.action_dim)
@@ -255,7 +258,7 @@ class FlowHead:
       v = mod.apply({"params": params}, x_t, t, prefix_mask, cache, method=FlowModule.velocity)
       eps = jax.random.normal(key, shape)
       x_next = x_t + dt * v + std * eps
-      return x_next, (x_next, _std_normal_logpdf(eps, std))
+      return x_next, (x_next, _std_normal_logpdf(eps[:, :, :scored], std))
 
     _, (xs, step_logp) = jax.lax.scan(step, x0, (jnp.arange(n, dtype=jnp.float32),
                                                  jax.random.split(step_key, n)))
@@ -271,19 +274,39 @@ class FlowHead:
     return self.module.apply({"params": params}, chain[:, :n], t, prefix_mask, cache,
                              method=FlowModule.velocity)
 
+  def _check_scored(self, scored_actions: int | None) -> int:
+    h = self.module.horizon
+    if scored_actions is None:
+      return h
+    if not 1 <= scored_actions <= h:
+      raise ValueError(f"FlowHead: scored_actions={scored_actions} must be in [1, H={h}]")
+    return int(scored_actions)
+
   @staticmethod
-  def _chain_log_prob(chain: Array, velocities: Array, n: int, std: float, temp: float) -> Array:
-    """Sum of the chain's Gaussian log-densities float32 [B] (x_0's included)."""
+  def _chain_log_prob(chain: Array, velocities: Array, n: int, std: float, temp: float,
+                      scored: int) -> Array:
+    """Sum of the chain's Gaussian log-densities float32 [B] (x_0's and the step terms of the
+    first ``scored`` actions)."""
     means = chain[:, :n] + (-1.0 / n) * velocities
     return (_std_normal_logpdf(chain[:, 0] / temp, temp)
-            + _std_normal_logpdf((chain[:, 1:] - means) / std, std))
+            + _std_normal_logpdf((chain[:, 1:, :scored] - means[:, :, :scored]) / std, std))
 
   def log_prob(self, params, obs, sample: Mapping[str, Array], num_steps: int | None = None,
-               noise_std: float = 0.1, noise_temperature: float | None = None) -> Array:
+               noise_std: float = 0.1, noise_temperature: float | None = None,
+               scored_actions: int | None = None) -> Array:
     """Log-likelihood float32 [B] of ``sample["chain"]`` [B, K + 1, H, D] under the Flow-Noise
     chain with these options (equal to :meth:`sample_stochastic`'s ``log_prob`` for the same
-    params); differentiable in ``params``."""
+    params); differentiable in ``params``.
+
+    ``scored_actions = k`` (RL with receding-horizon execution, ``k = replan_every``) keeps the
+    step terms of the chunk's first k actions, the ones the env executes. The last step's noise
+    of the other actions never reaches the env, so dropping its terms leaves the policy gradient
+    unbiased; their earlier noise reaches the executed actions only through the expert's
+    attention, which the dropped terms would have credited (a small bias, for H / k times
+    fewer noise terms in the score).
+    """
     n, std, temp = self._check_stochastic(num_steps, noise_std, noise_temperature)
+    scored = self._check_scored(scored_actions)
     chain = sample["chain"]
     want = (obs["obs_mask"].shape[0], n + 1, self.module.horizon, self.module.action_dim)
     if chain.shape != want:
@@ -291,7 +314,7 @@ class FlowHead:
                        f"(num_steps={n}), got {tuple(chain.shape)}")
     prefix_mask, cache = self.module.apply({"params": params}, obs, method=FlowModule.prefix)
     return self._chain_log_prob(chain, self._chain_velocities(params, prefix_mask, cache, chain,
-                                                              n), n, std, temp)
+                                                              n), n, std, temp, scored)
 
   def cfm_losses(self, params, obs, actions: Array, noise: Array, t: Array) -> Array:
     """FPO's per-sample losses float32 [B, M] (see :meth:`FlowModule.cfm_losses`)."""
