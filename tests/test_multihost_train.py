@@ -133,7 +133,8 @@ def test_finetune_rl_entry_point_fine_tunes_the_checkpoint(run, tmp_path):
   workdir, _, _ = run
   rl_dir = str(tmp_path / "rl")
   config = (f"--config={os.path.join(REPO_ROOT, 'configs', 'rl_tiny.py')}:"
-            f"init_workdir={workdir},iterations=2,groups=1,group_size=2,eval_episodes=1")
+            f"init_workdir={workdir},iterations=2,groups=1,group_size=2,eval_episodes=1,"
+            "tasks=,replan=0")
   command = [sys.executable, os.path.join(REPO_ROOT, "experiments", "finetune_rl.py"), config,
              "--config.rl.eval_every=1", "--config.rl.eval_episodes_per_task=1",
              "--config.rl.decisions_per_update=4", "--config.rl.reward=dense",

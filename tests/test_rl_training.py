@@ -259,3 +259,8 @@ def test_rl_job_checks_env_and_init_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError) as err:
       rl_job.require_init_checkpoint(str(workdir))
     assert rl_job.MAIN_JOB_COMMAND in str(err.value)
+  # RL trains only on tasks the checkpoint's env has (the micro env: reach only).
+  assert rl_job.rl_task_ids("", env, "w") == [env.task_names.index("reach")]
+  assert rl_job.rl_task_ids("reach", env, "w") == [env.task_names.index("reach")]
+  with pytest.raises(ValueError, match=r"rl.tasks: task\(s\) \['push'\] are not among .*'reach'"):
+    rl_job.rl_task_ids("reach,push", env, "w")

@@ -64,6 +64,19 @@ class PolicyFromCheckpoint:
     return self.arrays, self.source
 
 
+def rl_task_ids(rl_tasks: str, env, init_workdir: str) -> list[int]:
+  """Task ids (in ``env.task_names``) RL trains on: ``rl.tasks`` (comma-separated; "" = all the
+  env's tasks), each required to be one the checkpoint's env has (and its policy learned)."""
+  enabled = [env.task_names[int(i)] for i in env.enabled_task_ids]
+  tasks = [t for t in rl_tasks.split(",") if t] or enabled
+  unknown = [t for t in tasks if t not in enabled]
+  if unknown:
+    raise ValueError(f"rl.tasks: task(s) {unknown} are not among the tasks of the checkpoint's "
+                     f"env {enabled} ({init_workdir}); set rl.tasks to a subset of them, or '' "
+                     "for all")
+  return [env.task_names.index(t) for t in tasks]
+
+
 def require_init_checkpoint(init_workdir: str) -> None:
   """Raises FileNotFoundError with the command that makes the starting checkpoint."""
   ckpt = os.path.join(init_workdir, "checkpoints")
@@ -106,12 +119,7 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
   rl_env = tabletop.make_env(rl_env_config)
   evaluator = main_job.make_evaluator(base, policy, loaded.norm_stats, loaded.text_tokenizer,
                                       env=env)
-  tasks = [t for t in rl.tasks.split(",") if t] or [env.task_names[int(i)]
-                                                   for i in env.enabled_task_ids]
-  unknown = [t for t in tasks if t not in env.task_names]
-  if unknown:
-    raise ValueError(f"rl.tasks: unknown task(s) {unknown}; the env has {env.task_names}")
-  task_ids = [env.task_names.index(t) for t in tasks]
+  task_ids = rl_task_ids(rl.tasks, env, config.init_workdir)
 
   episodes = config.eval.num_episodes_per_task
   block = config.eval.get("block", "test")  # "dev" for tuning runs: test is for reports only
