@@ -134,7 +134,8 @@ def main(argv):
   norm_stats = {"action": _identity_stats(env.action_dim), "state": _identity_stats(env.state_dim)}
   text_tokenizer = text.TextTokenizer.fit(env.instructions, config.text_vocab_size)
   policy = main_job.build_policy(config, norm_stats, text_tokenizer)
-  # The RL job's adapter: the evaluator's (window, cameras, text table, replan_every).
+  # The RL job's adapter: the evaluator's (window, cameras, text table), replanning every
+  # rl.replan_every steps when set (RLStepBuilder applies it).
   adapter = main_job.make_evaluator(config, policy, norm_stats, text_tokenizer, env=env).adapter
   builder = rl_step.RLStepBuilder(policy, env, adapter, rl)
   task_ids = [int(i) for i in env.enabled_task_ids]
@@ -153,7 +154,9 @@ def main(argv):
   print(f"devices: {jax.devices()}; {config.policy.head} head, {num_params / 1e6:.3f}M params, "
         f"{env.image_size[0]} px, {steps} env steps per rollout, G={rl.group_size}, "
         f"{rl.updates_per_iteration} updates x {rl.decisions_per_update} decisions, "
-        f"sampling {dict(rl.sample_options)}; fastest of {_REPEATS.value} calls", flush=True)
+        f"sampling {dict(rl.sample_options)}, a decision every {builder.adapter.replan_every} "
+        f"steps, train.trainable {tc.get('trainable', transfer.DEFAULT_TRAINABLE)!r}; fastest "
+        f"of {_REPEATS.value} calls", flush=True)
 
   collect_fn = jax.jit(builder.collect)
   zero = rollout_lib.make_rollout(

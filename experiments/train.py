@@ -31,45 +31,20 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from vla_jax import console
-from vla_jax.jobs import main_job
-from vla_jax.training import distributed
+from vla_jax.jobs import launch, main_job
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/vla_tiny.py",
                                           "Experiment config (configs/vla_tiny.py).")
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/vla_tiny",
                                "Checkpoints, TensorBoard events, videos and report.md go here.")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None,
-    f"Multi-process: host:port of process 0 (default: ${distributed.ENV_COORDINATOR}).")
-_NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None,
-    f"Multi-process: number of processes (default: ${distributed.ENV_NUM_PROCESSES}).")
-_PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None,
-    f"Multi-process: this process's index in [0, num_processes) (default: "
-    f"${distributed.ENV_PROCESS_ID}).")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False,
-    "Multi-process with the settings jax.distributed detects from a cluster manager (Slurm, "
-    "Open MPI, Kubernetes, Cloud TPU); implied by the three flags above or their variables.")
+_JOIN = launch.define_flags()
 
 
 def main(argv):
   console.configure()  # library INFO lines and progress bars only at --verbosity=1
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
-    settings = distributed.resolve_settings(
-        coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-        process_id=_PROCESS_ID.value, auto=_DISTRIBUTED.value)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
-  if settings is not None:  # Before any JAX computation (run_main_job makes the first).
-    distributed.initialize_from(settings)
-    # Nothing here may touch the devices: run_main_job first sets the CPU device count.
-    print(f"[main] joined a multi-process run (settings from {settings.source}: process "
-          f"{settings.process_id} of {settings.num_processes}, coordinator "
-          f"{settings.coordinator_address}; None = detected by JAX)", flush=True)
+  _JOIN("main")  # Multi-process: before any JAX computation (run_main_job makes the first).
   t0 = time.time()
   command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
   report = main_job.run_main_job(_CONFIG.value, os.path.abspath(_WORKDIR.value), command=command)

@@ -7,9 +7,10 @@ then read them; only process 0 evaluated (periodically on the dev seed block, fi
 and wrote the report, with intervals; both processes end at the same step, loss and params
 (equal to the checkpoint's, gathered across the FSDP split). This is also the end-to-end smoke
 test of the main job through its entry point (colabs/quickstart.ipynb runs it in-process); then the RL job's entry
-point (experiments/finetune_rl.py) fine-tunes that run's checkpoint: the end-to-end test of the
-second stage (before/after evaluation on test, RL iterations in the train loop, periodic dev
-evaluation, report_rl.md, an RL checkpoint experiments/eval.py can load). The settings
+point (experiments/finetune_rl.py), also as 2 processes, fine-tunes that run's checkpoint: the
+end-to-end test of the second stage (before/after evaluation on test, RL iterations in the
+train loop with each process simulating its own envs, periodic dev evaluation, all by process 0
+alone, report_rl.md, an RL checkpoint experiments/eval.py can load). The settings
 rules (flags, environment, partial or inconsistent settings) are tested without processes.
 """
 
@@ -39,18 +40,14 @@ def _free_port():
     return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """Runs both processes once; returns (workdir, data_root, [output of process 0, 1])."""
-  tmp = tmp_path_factory.mktemp("multihost_train")
-  workdir, data_root = str(tmp / "run"), str(tmp / "data")
+def _run_two_processes(command: list[str], tmp) -> list[str]:
+  """Runs ``command`` as processes 0 and 1 of one run on localhost (process 0 gets its settings
+  as flags, process 1 as environment variables); asserts both exit 0; returns their outputs."""
   coordinator = f"localhost:{_free_port()}"
   base_env = {k: v for k, v in os.environ.items()
               if k not in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES,
                            distributed.ENV_PROCESS_ID)}
   base_env.update(_FAST_COMPILE_ENV)
-  command = [sys.executable, os.path.join(REPO_ROOT, "experiments", "train.py"),
-             f"--config={CONFIG}", f"--config.data_root={data_root}", f"--workdir={workdir}"]
   procs, logs = [], []
   for i in range(2):
     env = dict(base_env)
@@ -73,7 +70,17 @@ def run(tmp_path_factory):
   outputs = [log.read_text() for log in logs]
   for i, (code, out) in enumerate(zip(codes, outputs)):
     assert code == 0, f"process {i} exited with {code}:\n{out[-6000:]}"
-  return workdir, data_root, outputs
+  return outputs
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """Runs both processes once; returns (workdir, data_root, [output of process 0, 1])."""
+  tmp = tmp_path_factory.mktemp("multihost_train")
+  workdir, data_root = str(tmp / "run"), str(tmp / "data")
+  command = [sys.executable, os.path.join(REPO_ROOT, "experiments", "train.py"),
+             f"--config={CONFIG}", f"--config.data_root={data_root}", f"--workdir={workdir}"]
+  return workdir, data_root, _run_two_processes(command, tmp)
 
 
 def test_process_0_alone_builds_the_dataset_and_fits_the_tokenizer(run):
@@ -141,14 +148,16 @@ def test_finetune_rl_entry_point_fine_tunes_the_checkpoint(run, tmp_path):
              # PPO: the job end to end with the critic (GRPO runs in tests/test_rl_*.py).
              "--config.rl.algorithm=ppo",
              f"--workdir={rl_dir}"]
-  env = {**os.environ, **_FAST_COMPILE_ENV}
-  done = subprocess.run(command, env=env, cwd=str(tmp_path), capture_output=True, text=True,
-                        timeout=900, check=False)
-  out = done.stdout + done.stderr
-  assert done.returncode == 0, out[-6000:]
-  assert f"[rl] starting point: {workdir} step 3 (flow head)" in out
+  # Two processes, one env each: each simulates its own shard of the iteration's envs.
+  out, out1 = _run_two_processes(command, tmp_path)
+  for i, text in enumerate((out, out1)):
+    assert f"[rl] joined a multi-process run (settings from {('flags', 'environment')[i]}: " \
+        f"process {i} of 2" in text, text[-3000:]
+    assert f"[rl] starting point: {workdir} step 3 (flow head)" in text
+  assert "mesh {'data': 2, 'fsdp': 1} (2 processes), global batch 2 (1 per process)" in out
   assert "[eval] before RL: test block: success" in out
   assert "[eval @ iteration 1] dev block: success" in out
+  assert "[eval" not in out1 and "[report]" not in out1  # Only process 0 evaluates.
   assert re.search(r"step 2/2 loss \S+ .* rollout_success [\d.]+", out), out[-3000:]
   with open(os.path.join(rl_dir, "report_rl.md")) as f:
     text = f.read()
@@ -164,6 +173,7 @@ def test_finetune_rl_entry_point_fine_tunes_the_checkpoint(run, tmp_path):
   # evaluation above acted with exactly these params).
   assert "rl_value" in loaded.params
   # Without a starting checkpoint: a named error with the command that makes one.
+  env = {**os.environ, **_FAST_COMPILE_ENV}
   missing = subprocess.run([*command[:3], "--config.init_workdir=" + str(tmp_path / "none"),
                             f"--workdir={tmp_path / 'rl2'}"], env=env, capture_output=True,
                            text=True, timeout=300, check=False)

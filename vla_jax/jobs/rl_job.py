@@ -11,6 +11,11 @@
    success per task before and after (95% Wilson intervals), success against env steps and
    wall-clock (PNG), throughput, and rollout videos before and after.
 
+Multi-process (``experiments/finetune_rl.py --coordinator_address=... --num_processes=N
+--process_id=i``): every process loads the checkpoint and simulates its own shard of the envs
+inside the sharded RL step; process 0 alone evaluates and writes the report while the others
+wait at barriers.
+
 The run's checkpoints are self-describing like the main job's (the starting run's config with
 ``rl`` and ``train`` added, its statistics and tokenizers), so ``experiments/eval.py
 --workdir=<rl workdir>`` evaluates them.
@@ -35,7 +40,7 @@ from vla_jax.rl import collect
 from vla_jax.rl import config as rl_config_lib
 from vla_jax.rl import step as rl_step
 from vla_jax.training import assets as assets_lib
-from vla_jax.training import checkpoints, trainer, transfer
+from vla_jax.training import checkpoints, distributed, trainer, transfer
 
 MAIN_JOB_COMMAND = ("python experiments/train.py --config=configs/vla_tiny.py "
                     "--workdir=workdirs/vla_tiny")
@@ -123,18 +128,21 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
 
   episodes = config.eval.num_episodes_per_task
   block = config.eval.get("block", "test")  # "dev" for tuning runs: test is for reports only
-  print_fn(f"[eval] before RL: {episodes} episodes per task on the '{block}' block", flush=True)
-  before = evaluator(loaded.params, num_episodes_per_task=episodes, block=block,
-                     video_episodes=config.eval.video_episodes, print_fn=print_fn)
-  print_fn(f"[eval] before RL: {before.summary()}", flush=True)
+  lead = jax.process_index() == 0  # Evaluates and writes the report; the others wait.
+  before = None
+  if lead:
+    print_fn(f"[eval] before RL: {episodes} episodes per task on the '{block}' block",
+             flush=True)
+    before = evaluator(loaded.params, num_episodes_per_task=episodes, block=block,
+                       video_episodes=config.eval.video_episodes, print_fn=print_fn)
+    print_fn(f"[eval] before RL: {before.summary()}", flush=True)
+  distributed.wait_for_all("vla_jax.rl_job.before", main_job.WAIT_TIMEOUT_S)
 
   run_config = ml_collections.ConfigDict(loaded.config)
   run_config.rl = rl
   run_config.train = config.train
   run_config.init_workdir = config.init_workdir
-  adapter = evaluator.adapter  # Periodic and final evaluations keep the evaluation's.
-  if rl.get("replan_every", 0):
-    adapter = adapter.with_replan_every(rl.replan_every)
+  adapter = evaluator.adapter  # RLStepBuilder applies rl.replan_every to its own copy.
   builder = rl_step.RLStepBuilder(policy, rl_env, adapter, rl,
                                   ref_params=loaded.params if rl.kl_coef > 0 else None)
   example_obs = jax.tree.map(np.asarray, adapter.observation(adapter.initial_history(1),
@@ -154,20 +162,25 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
   def periodic_eval(step: int, state) -> None:
     if step == config.train.num_steps:
       return
-    params = jax.device_get(state.params)
-    res = evaluator(params, num_episodes_per_task=rl.eval_episodes_per_task, block="dev",
-                    print_fn=lambda *a, **k: None)
-    evals.append({"step": step, "seconds": time.time() - t_train[0],
-                  "mean_success": res.mean_success})
-    print_fn(f"[eval @ iteration {step}] {res.summary()}", flush=True)
+    params = distributed.local_copy(state.params)  # In every process: a collective.
+    if lead:
+      res = evaluator(params, num_episodes_per_task=rl.eval_episodes_per_task, block="dev",
+                      print_fn=lambda *a, **k: None)
+      evals.append({"step": step, "seconds": time.time() - t_train[0],
+                    "mean_success": res.mean_success})
+      print_fn(f"[eval @ iteration {step}] {res.summary()}", flush=True)
+    distributed.wait_for_all(f"vla_jax.rl_job.periodic_eval_{step}", main_job.WAIT_TIMEOUT_S)
 
   t_train[0] = time.time()
-  if rl.eval_every and checkpoints.latest_step(os.path.join(workdir, "checkpoints")) is None:
+  if lead and rl.eval_every and checkpoints.latest_step(os.path.join(workdir,
+                                                                     "checkpoints")) is None:
     # The starting point on the periodic evaluations' own episodes: what later ones compare to.
     res = evaluator(loaded.params, num_episodes_per_task=rl.eval_episodes_per_task,
                     block="dev", print_fn=lambda *a, **k: None)
     evals.append({"step": 0, "seconds": 0.0, "mean_success": res.mean_success})
     print_fn(f"[eval @ iteration 0] {res.summary()}", flush=True)
+  # The others wait here, not in the train loop's first collective (gloo gives up after 30 s).
+  distributed.wait_for_all("vla_jax.rl_job.start", main_job.WAIT_TIMEOUT_S)
   result = trainer.train(run_config, workdir, model=model,
                          make_data_iterator=collect.make_episode_iterator(
                              rl.num_groups, rl.group_size, task_ids),
@@ -179,7 +192,10 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
     print_fn("[rl] preempted: rerun the same command to resume", flush=True)
     return ""
 
-  params = jax.device_get(result.state.params)
+  params = distributed.local_copy(result.state.params)  # Collective: every process.
+  if not lead:
+    distributed.wait_for_all("vla_jax.rl_job.report", main_job.WAIT_TIMEOUT_S)
+    return ""  # Process 0 evaluated and wrote the report.
   print_fn(f"[eval] after RL: {episodes} episodes per task on the '{block}' block", flush=True)
   after = evaluator(params, num_episodes_per_task=episodes, block=block,
                     video_episodes=config.eval.video_episodes, print_fn=print_fn)
@@ -235,6 +251,7 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
                              title=f"vla_jax RL fine-tuning: {base.policy.head} head",
                              command=command, config=run_config, sections=sections)
   print_fn(f"[report] {path}", flush=True)
+  distributed.wait_for_all("vla_jax.rl_job.report", main_job.WAIT_TIMEOUT_S)
   return path
 
 

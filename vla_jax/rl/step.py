@@ -49,7 +49,8 @@ class RLStepBuilder:
   Args:
     policy: a ``Policy`` whose head implements what ``rl.likelihood`` needs.
     env: the env RL runs in (its ``done_on_success`` set as ``rl.done_on_success``).
-    adapter: the ``EnvPolicyAdapter`` (text table, normalization, history, replanning).
+    adapter: the evaluation's ``EnvPolicyAdapter`` (text table, normalization, history,
+      replanning); with ``rl.replan_every`` set, RL acts through a copy replanning that often.
     rl: the ``rl`` config section (``vla_jax.rl.config``).
     ref_params: the reference params (the starting checkpoint) when ``rl.kl_coef > 0``.
   """
@@ -58,6 +59,8 @@ class RLStepBuilder:
                ref_params: Any = None):
     if rl.kl_coef > 0 and ref_params is None:
       raise ValueError("rl.kl_coef > 0 needs the reference params (the starting checkpoint)")
+    if rl.get("replan_every", 0):  # RL's own execution (e.g. whole chunks); evaluation's stays.
+      adapter = adapter.with_replan_every(rl.replan_every)
     self.policy, self.env, self.adapter, self.rl = policy, env, adapter, rl
     self.ref_params = ref_params if rl.kl_coef > 0 else None
     check_policy_supports(policy, rl)
