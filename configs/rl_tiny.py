@@ -16,8 +16,10 @@ a critic (vla_jax/rl/config.py lists every RL key and the published values they 
 
 Writes ``<workdir>/report_rl.md``: success per task before and after on the ``test`` block
 with 95% intervals, curves against env steps and wall-clock, throughput, videos.
-Expected: see the results log, docs/experiments/rl_tiny.md (the defaults were chosen on the
-``dev`` block: run C there, 100 iterations, push 51 -> 64 of 100).
+Expected (2026-12-07, 2-core CPU machine, idle; defaults chosen on ``dev``): from the main
+job's 83.5% [79.5, 86.8] to 87.2% [83.6, 90.2] on the ``test`` block (n = 400; push 55 -> 68,
+pick_place 82 -> 81, lift 97 -> 100, reach 100): push gains, the mean's gain is inside the
+intervals; 21.5 min in all (~3.6 s per iteration). History: docs/experiments/rl_tiny.md.
 """
 
 import ml_collections
