@@ -31,18 +31,24 @@ Prints one line per number of envs: env steps/s of (1), (2) and (3), (1)/(2), th
 split, the update's share and the compile + first-call seconds of (1) / (2) / (3). The quick
 check takes about 3 minutes on 2 CPU cores, nearly all of it compilation.
 
-Measured (2026-12-06, idle 2-core CPU machine, ``--envs=64,256 --steps=50 --repeats=1``):
+Measured (2026-12-07, idle 2-core CPU machine, ``--envs=64,256,1024 --steps=50 --repeats=1``,
+rl_tiny's defaults: the action expert trains, the VLM is frozen; a decision every 4 steps):
 
-  envs 64: whole loop 210.5 env steps/s | policy rollout 803.2 | sim alone 1234.5 |
-    whole/rollout 0.26x | iteration 15.199 s = sim 2.592 + sampling 1.392 + update 11.215 s |
-    update 73.8% of the loop
-  envs 256: whole loop 527.3 env steps/s | policy rollout 941.3 | sim alone 1505.3 |
-    whole/rollout 0.56x | iteration 24.277 s = sim 8.503 + sampling 5.095 + update 10.678 s |
-    update 44.0% of the loop (target <= 50% at 256 envs: met)
+  envs 64: whole loop 831.3 env steps/s | policy rollout 1291.0 | sim alone 1263.4 |
+    whole/rollout 0.64x | iteration 3.849 s = sim 2.533 + sampling -0.054 + update 1.371 s |
+    update 35.6% of the loop
+  envs 256: whole loop 1049.7 env steps/s | policy rollout 1126.9 | sim alone 1155.9 |
+    whole/rollout 0.93x | iteration 12.194 s = sim 11.074 + sampling 0.285 + update 0.835 s |
+    update 6.8% of the loop (target <= 50% at 256 envs: met)
+  envs 1024: whole loop 947.3 env steps/s | policy rollout 986.9 | sim alone 1223.6 |
+    whole/rollout 0.96x | iteration 54.048 s = sim 41.844 + sampling 10.034 + update 2.170 s |
+    update 4.0% of the loop
 
-The update's cost is fixed (4 x 256 decisions, each a backbone pass with gradients through the
-Flow-Noise chain), so its share falls as envs grow; 1024 envs not measured yet (about 4 min per
-call here).
+With one call per program the split is noisy at 64 envs (a negative sampling time: the policy
+rollout measured faster than the zero-action one). The simulation is now the cost: MJX on 2 CPU
+cores saturates at ~1200 env steps/s from 64 envs on. With the previous defaults (every param
+trains, a decision at every step; 2026-12-06) the update was 11.2 s at 64 envs (73.8%) and 10.7 s
+at 256 (44.0%): the backward pass through the VLM was most of it.
 """
 
 import time
