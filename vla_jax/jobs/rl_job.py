@@ -208,8 +208,13 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
                               fps=base.collect.env.control_hz)
       video_lines.append(f"- {task} {label}: [{os.path.relpath(path, workdir)}]"
                          f"({os.path.relpath(path, workdir)})")
+  executed = (f"chunks of {builder.adapter.replan_every}" if builder.adapter.replan_every > 1
+              else "receding horizon")
+  rollout_label = (f"training rollouts ({', '.join(env.task_names[i] for i in task_ids)}; "
+                   f"stochastic, {executed})")
   curve = plot_rl_curves(result.history, evals, before.mean_success, after.mean_success,
-                         envs_per_iter, rl_env.horizon, os.path.join(workdir, "rl_curves.png"))
+                         envs_per_iter, rl_env.horizon, os.path.join(workdir, "rl_curves.png"),
+                         rollout_label=rollout_label, block=block)
   total = time.time() - t_start
   its = result.step
   # Steady state: from the second logged interval on (the first one compiles the step).
@@ -270,9 +275,11 @@ def interval_totals(history, start_step: int = 0) -> dict[str, float]:
 
 
 def plot_rl_curves(history, evals, before: float, after: float, envs_per_iter: int,
-                   horizon: int, path: str) -> str:
+                   horizon: int, path: str, rollout_label: str = "training rollouts",
+                   block: str = "test") -> str:
   """Success against env steps and against wall-clock: rollout success of the training
-  iterations (stochastic sampler) and the periodic dev evaluations; saves a PNG at ``path``."""
+  iterations (stochastic sampler; ``rollout_label`` says on what), the periodic dev evaluations
+  and the before/after evaluations on ``block``; saves a PNG at ``path``."""
   fig = Figure(figsize=(10, 4))
   ax_steps, ax_time = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
   it = np.array([h["step"] for h in history], float)
@@ -280,8 +287,8 @@ def plot_rl_curves(history, evals, before: float, after: float, envs_per_iter: i
   lengths = np.diff(np.concatenate([[0.0], it]))
   seconds = np.cumsum(lengths / np.maximum([h.get("steps_per_s", 0.0) for h in history], 1e-9))
   ax_steps.plot(it * envs_per_iter * horizon, train_success, color="tab:blue",
-                label="training rollouts")
-  ax_time.plot(seconds / 60, train_success, color="tab:blue", label="training rollouts")
+                label=rollout_label)
+  ax_time.plot(seconds / 60, train_success, color="tab:blue", label=rollout_label)
   if evals:
     ax_steps.plot([e["step"] * envs_per_iter * horizon for e in evals],
                   [100 * e["mean_success"] for e in evals], "o-", color="tab:green",
@@ -289,8 +296,8 @@ def plot_rl_curves(history, evals, before: float, after: float, envs_per_iter: i
     ax_time.plot([e["seconds"] / 60 for e in evals], [100 * e["mean_success"] for e in evals],
                  "o-", color="tab:green", label="dev evaluations")
   for ax in (ax_steps, ax_time):
-    ax.axhline(100 * before, color="grey", ls="--", label="test before")
-    ax.axhline(100 * after, color="black", ls="--", label="test after")
+    ax.axhline(100 * before, color="grey", ls="--", label=f"{block} before")
+    ax.axhline(100 * after, color="black", ls="--", label=f"{block} after")
     ax.set_ylim(0, 100)
     ax.set_ylabel("success (%)")
     ax.legend(fontsize=7)
