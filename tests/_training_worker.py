@@ -31,6 +31,15 @@ def _specs(state):
           for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
 
 
+def _current_rss_bytes() -> int:
+  """This process's resident set size now (Linux /proc; ``ru_maxrss`` is only the peak)."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmRSS:"):
+        return int(line.split()[1]) * 1024
+  raise RuntimeError("no VmRSS line in /proc/self/status")
+
+
 def main(spec):
   if spec["mode"] == "multihost":
     from vla_jax.training import distributed
@@ -54,6 +63,7 @@ def main(spec):
       out["compile_" + name] = compile_check.compile_check(
           toy.ToyModel(hidden=spec["compile_hidden"]), batch, config.train)
     # A 1.07B-param model: its train state (~12.9 GB in f32 with AdamW) must never be allocated.
+    out["rss_before_big_bytes"] = _current_rss_bytes()
     config = toy.make_config(mesh={"data": 1, "fsdp": 8}, **spec["train"])
     out["compile_big"] = compile_check.compile_check(
         toy.ToyModel(hidden=32768), compile_check.batch_spec(
