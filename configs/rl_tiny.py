@@ -44,7 +44,7 @@ def get_config(arg=None):
   c.rl.reward = a.reward
   # Reach and lift succeed in ~all rollouts (dynamic sampling drops those groups): RL spends
   # its episodes where the policy fails (dev: reach 100, lift 96, push 51, pick_place 84).
-  c.rl.tasks = a.tasks.replace("+", ",")
+  c.rl.tasks = a.tasks  # "+"-separated, as env.tasks
   # Whole chunks: with receding-horizon execution only the first of each chunk's H actions
   # reaches the env, but the likelihood scores all H (docs/experiments/rl_tiny.md, run C).
   c.rl.replan_every = a.replan

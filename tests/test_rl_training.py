@@ -262,5 +262,6 @@ def test_rl_job_checks_env_and_init_checkpoint(tmp_path):
   # RL trains only on tasks the checkpoint's env has (the micro env: reach only).
   assert rl_job.rl_task_ids("", env, "w") == [env.task_names.index("reach")]
   assert rl_job.rl_task_ids("reach", env, "w") == [env.task_names.index("reach")]
+  assert rl_job.rl_task_ids(" reach+", env, "w") == [env.task_names.index("reach")]  # as env.tasks
   with pytest.raises(ValueError, match=r"rl.tasks: task\(s\) \['push'\] are not among .*'reach'"):
-    rl_job.rl_task_ids("reach,push", env, "w")
+    rl_job.rl_task_ids("reach+push", env, "w")

@@ -49,8 +49,8 @@ GRID_Y = (-0.1, 0.0, 0.1)
 GRID_JITTER = 0.01
 
 
-def _split_list(text: str) -> list[str]:
-  """"a,b" or "a+b" (the "+" form fits inside a ``file.py:key=value,...`` config arg)."""
+def split_list(text: str) -> list[str]:
+  """Names from "a,b" or "a+b" (the "+" form fits inside a ``file.py:key=value,...`` config arg)."""
   return [t.strip() for t in re.split(r"[,+]", str(text)) if t.strip()]
 
 
@@ -108,7 +108,7 @@ class TabletopEnv:
   def __init__(self, config: ml_collections.ConfigDict):
     """Builds the MJX model and the static tables; raises ValueError naming a bad config key."""
     self.config = config
-    names = _split_list(config.tasks)
+    names = split_list(config.tasks)
     unknown = [t for t in names if t not in tasks.TASK_NAMES]
     if unknown or not names:
       raise ValueError(f"env config 'tasks': unknown task(s) {unknown} in '{config.tasks}'; "
@@ -122,7 +122,7 @@ class TabletopEnv:
       raise ValueError(f"env config: 1 / (control_hz * physics_dt) must be a positive integer, "
                        f"got control_hz={config.control_hz}, physics_dt={config.physics_dt}")
     self.substeps = round(substeps)
-    self.camera_names = _split_list(config.cameras)
+    self.camera_names = split_list(config.cameras)
     bad = [c for c in self.camera_names if c not in ("base", "wrist")]
     if bad:
       raise ValueError(f"env config 'cameras': got '{config.cameras}'; allowed: base, wrist "

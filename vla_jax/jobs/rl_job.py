@@ -70,10 +70,10 @@ class PolicyFromCheckpoint:
 
 
 def rl_task_ids(rl_tasks: str, env, init_workdir: str) -> list[int]:
-  """Task ids (in ``env.task_names``) RL trains on: ``rl.tasks`` (comma-separated; "" = all the
-  env's tasks), each required to be one the checkpoint's env has (and its policy learned)."""
+  """Task ids (in ``env.task_names``) RL trains on: ``rl.tasks`` ("," or "+"-separated; "" = all
+  the env's tasks), each required to be one the checkpoint's env has (and its policy learned)."""
   enabled = [env.task_names[int(i)] for i in env.enabled_task_ids]
-  tasks = [t for t in rl_tasks.split(",") if t] or enabled
+  tasks = tabletop.split_list(rl_tasks) or enabled
   unknown = [t for t in tasks if t not in enabled]
   if unknown:
     raise ValueError(f"rl.tasks: task(s) {unknown} are not among the tasks of the checkpoint's "

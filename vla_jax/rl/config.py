@@ -54,7 +54,7 @@ def default_rl_config() -> ml_collections.ConfigDict:
       execute chunks); GRPO only (PPO's GAE needs a decision at every step).
     done_on_success: episodes stop at success during RL (later decisions would only add noise
       to the gradient); evaluation keeps the env's own setting.
-    tasks: comma-separated task families to train on ("" = every task of the env).
+    tasks: task families ("," or "+"-separated) to train on ("" = every task of the env).
     eval_every: iterations between periodic evaluations on the dev block (0 = off).
     eval_episodes_per_task: episodes per task of those periodic evaluations.
   """
