@@ -11,6 +11,8 @@ ViT 1 x 32 over 16 x 16 images (4 tokens), Gemma 2 x 32, action expert width 16.
 """
 
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -179,6 +181,26 @@ def test_ar_kv_cache_matches_recomputation(data):
   assert int(n1) == int(n2) == H * D + 1  # H * D action tokens, then EOS stops every row.
   eos = pol.head.layout.special(1)
   assert (np.asarray(cached)[:, -1] == eos).all()
+
+
+def test_ar_first_step_weight_reweights_the_first_steps_tokens(data):
+  """``first_step_weight`` w scales the chunk's first step's D token terms: with the per-token
+  sums A (first step) and B (the rest, EOS included) recovered from w = 0 and w = 1, the loss at
+  w = 3 is (3A + B) / (3 n_A + n_B); the reported cross-entropy stays the unweighted one."""
+  batch = data[0]
+  pol, params, _, _ = train("ar", data)
+  def loss(w):
+    head = dataclasses.replace(pol.head, first_step_weight=w)
+    value, metrics = jax.jit(head.loss)(params, batch, jax.random.key(0))
+    return float(value), float(metrics["ce"])
+  n_a = D * len(batch["actions"])  # Every micro chunk step is real (action_mask all True).
+  n_b = (H - 1) * D * len(batch["actions"]) + len(batch["actions"])  # + the closing EOS
+  (l0, ce0), (l1, ce1), (l3, ce3) = loss(0.0), loss(1.0), loss(3.0)
+  b = l0 * n_b
+  a = l1 * (n_a + n_b) - b
+  np.testing.assert_allclose(l3, (3 * a + b) / (3 * n_a + n_b), rtol=1e-4)
+  np.testing.assert_allclose([ce0, ce3], [ce1, ce1], rtol=1e-6)
+  assert abs(l3 - l1) > 1e-3 * l1  # The weight changes the loss (the two parts differ).
 
 
 def test_fast_invalid_sequences_are_reported():

@@ -88,7 +88,7 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
                     "sampler": "ddim", "num_steps": 10, "num_noise_samples": 1,
                     "clip_sample": 1.0},
       "ar": {"tokenizer": "binning", "num_bins": 256, "max_fast_tokens": 64,
-             "temperature": 0.0},
+             "temperature": 0.0, "first_step_weight": 1.0},
       "discrete_diffusion": {"num_bins": 256, "rounds": 12, "temperature": 0.0,
                              "remask_threshold": 0.5},
       "init_from": "",
@@ -286,7 +286,7 @@ def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_ho
   if head == "ar":
     n = action_tokens.max_tokens(tok, action_horizon, hc.max_fast_tokens)
     h = ar_lib.ARHead(ar_lib.ARModule(bb, state_dim), tok, layout, action_horizon, action_dim,
-                      n, hc.temperature)
+                      n, hc.temperature, hc.get("first_step_weight", 1.0))
   else:
     module = dd_lib.DiscreteDiffusionModule(bb, state_dim, layout.action_start, tok.num_bins)
     h = dd_lib.DiscreteDiffusionHead(module, tok, layout, action_horizon, action_dim, hc.rounds,

@@ -99,6 +99,10 @@ class ARHead:
     horizon, action_dim: H, D.
     max_tokens: n, action-token slots (H * D for binning; the FAST cap).
     temperature: 0 = greedy.
+    first_step_weight: binning only: the loss weight of the chunk's first step's D tokens
+      relative to the others (1 = plain next-token cross-entropy). Later steps are nearly copies
+      of earlier ones, so the plain loss is dominated by copying; the first step is the only one
+      predicted from the observation alone (issue 17, docs/experiments/vla_tiny.md).
   """
 
   module: ARModule
@@ -108,6 +112,7 @@ class ARHead:
   action_dim: int
   max_tokens: int
   temperature: float = 0.0
+  first_step_weight: float = 1.0
 
   def _action_ids(self, batch) -> tuple[Array, Array]:
     """``(ids int32 [B, n], lengths int32 [B])``: binning encodes in-graph, FAST reads the
@@ -146,6 +151,16 @@ class ARHead:
       weights = weights * jnp.where(j < n, step_ok, True).astype(jnp.float32)
     return inputs, targets, weights
 
+  def _loss_weights(self, length: int) -> Array:
+    """float32 [length]: each target slot's loss weight (``first_step_weight`` on the first
+    chunk step's D tokens, 1 elsewhere)."""
+    if self.first_step_weight == 1.0:
+      return jnp.ones((length,), jnp.float32)
+    if not isinstance(self.tokenizer, action_tokens.binning.BinningTokenizer):
+      raise ValueError(f"ARHead: first_step_weight={self.first_step_weight} needs the binning "
+                       "tokenizer (FAST tokens are not per chunk step)")
+    return jnp.where(jnp.arange(length) < self.action_dim, self.first_step_weight, 1.0)
+
   def init(self, rng: Array, batch: Mapping[str, Array]):
     b = batch["obs_mask"].shape[0]
     inputs = jnp.zeros((b, self.max_tokens + 1), jnp.int32)
@@ -160,10 +175,12 @@ class ARHead:
                                method=ARModule.sequence_logits)
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    loss = jnp.sum(nll * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    loss_weights = weights * self._loss_weights(weights.shape[1])[None]
+    loss = jnp.sum(nll * loss_weights) / jnp.maximum(jnp.sum(loss_weights), 1.0)
+    count = jnp.maximum(jnp.sum(weights), 1.0)  # The metrics stay unweighted.
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-    acc = jnp.sum(correct * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-    return loss, {"ce": loss, "token_accuracy": acc}
+    return loss, {"ce": jnp.sum(nll * weights) / count,
+                  "token_accuracy": jnp.sum(correct * weights) / count}
 
   def _masked_logits(self, logits: Array) -> Array:
     """logits float [..., V] -> the same with every id but the action block and EOS at -inf (the
