@@ -83,8 +83,9 @@ def probe(loaded: main_job.LoadedPolicy, num_batches: int, batch_size: int, seed
 def format_probe(result: dict[str, dict]) -> str:
   """One line per variant: first-action MAE per dimension as a ratio to the mean action's."""
   base = result["mean action"]["mae"]
-  lines = [f"first action, mean |error| per dimension (normalized units), n = "
-           f"{result['mean action']['n']} validation steps; ratio to predicting the mean action:",
+  lines = [(f"first action, mean |error| per dimension (normalized units), n = "
+            f"{result['mean action']['n']} validation steps; ratio to predicting the mean "
+            "action:"),
            f"  {'mean action':22s} " + "  ".join(f"{e:.3f}" for e in base)]
   for v in VARIANTS:
     r = result[v]

@@ -114,6 +114,14 @@ class ARHead:
   temperature: float = 0.0
   first_step_weight: float = 1.0
 
+  def __post_init__(self):
+    binning = isinstance(self.tokenizer, action_tokens.binning.BinningTokenizer)
+    if self.first_step_weight != 1.0 and not binning:
+      raise ValueError(f"ARHead: first_step_weight={self.first_step_weight} needs the binning "
+                       "tokenizer (FAST tokens are not per chunk step; policy.ar)")
+    if not self.first_step_weight >= 0:
+      raise ValueError(f"ARHead: first_step_weight={self.first_step_weight} must be >= 0")
+
   def _action_ids(self, batch) -> tuple[Array, Array]:
     """``(ids int32 [B, n], lengths int32 [B])``: binning encodes in-graph, FAST reads the
     pipeline's host tokens (see the module docstring)."""
@@ -156,9 +164,6 @@ class ARHead:
     chunk step's D tokens, 1 elsewhere)."""
     if self.first_step_weight == 1.0:
       return jnp.ones((length,), jnp.float32)
-    if not isinstance(self.tokenizer, action_tokens.binning.BinningTokenizer):
-      raise ValueError(f"ARHead: first_step_weight={self.first_step_weight} needs the binning "
-                       "tokenizer (FAST tokens are not per chunk step)")
     return jnp.where(jnp.arange(length) < self.action_dim, self.first_step_weight, 1.0)
 
   def init(self, rng: Array, batch: Mapping[str, Array]):
