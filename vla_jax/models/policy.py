@@ -63,8 +63,11 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
     diffusion: num_readouts, hidden, num_blocks (denoiser), num_train_steps (20, Octo),
       sampler ("ddim" | "ddpm"), num_steps, num_noise_samples (M), clip_sample (1.0: the
       quantile-normalized action range, Diffusion Policy's ``clip_sample``; use 5.0, Octo's
-      value, or 0 = off for z-score-normalized actions).
-    ar: tokenizer ("binning" | "fast"), num_bins, max_fast_tokens, temperature (0 = greedy).
+      value, or 0 = off for z-score-normalized actions), denoiser ("mlp": Octo's readout and
+      MLP-ResNet; "expert": pi0's action expert predicting epsilon, shaped by ``flow``'s
+      expert_width / expert_mlp_dim).
+    ar: tokenizer ("binning" | "fast"), num_bins, max_fast_tokens, temperature (0 = greedy),
+      first_step_weight (binning: loss weight of the chunk's first step's tokens; 1 = plain).
     discrete_diffusion: num_bins, rounds (12), temperature, remask_threshold.
     init_from: a pretrained backbone to start from ("" = random init): a Hugging Face
       ``PaliGemmaForConditionalGeneration`` / ``SiglipVisionModel`` / ``GemmaForCausalLM``
@@ -84,9 +87,11 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
       "vocab_size": 0,
       "flow": {"expert_width": 64, "expert_mlp_dim": 256, "num_steps": 10,
                "num_noise_samples": 1, "noise_temperature": 1.0},
+      # denoiser: "mlp" (Octo's readout + MLP-ResNet: num_readouts, hidden, num_blocks) or
+      # "expert" (pi0's action expert, shaped by flow.expert_width / flow.expert_mlp_dim).
       "diffusion": {"num_readouts": 1, "hidden": 256, "num_blocks": 3, "num_train_steps": 20,
                     "sampler": "ddim", "num_steps": 10, "num_noise_samples": 1,
-                    "clip_sample": 1.0},
+                    "clip_sample": 1.0, "denoiser": "mlp"},
       "ar": {"tokenizer": "binning", "num_bins": 256, "max_fast_tokens": 64,
              "temperature": 0.0, "first_step_weight": 1.0},
       "discrete_diffusion": {"num_bins": 256, "rounds": 12, "temperature": 0.0,
@@ -256,9 +261,13 @@ def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_ho
       h = flow_lib.FlowHead(module, hc.num_steps, hc.num_noise_samples,
                             hc.get("noise_temperature", 1.0))
     else:
+      kind = hc.get("denoiser", "mlp")
+      expert = (dataclasses.replace(bb.llm, width=config.flow.expert_width,
+                                    mlp_dim=config.flow.expert_mlp_dim, vocab_size=0)
+                if kind == "expert" else None)
       module = diffusion_lib.DiffusionModule(
           bb, state_dim, action_dim, action_horizon, hc.num_readouts, hc.hidden, hc.num_blocks,
-          hc.num_train_steps)
+          hc.num_train_steps, denoiser_type=kind, expert=expert)
       h = diffusion_lib.DiffusionHead(module, hc.sampler, hc.num_steps, hc.num_noise_samples,
                                       hc.clip_sample)
     return Policy(head=h, backbone_config=bb, **common_kw)

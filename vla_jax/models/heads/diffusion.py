@@ -44,11 +44,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vla_jax.models import vlm
-from vla_jax.models.heads import common, ddpm
+from vla_jax.models import gemma, vlm
+from vla_jax.models.heads import common, ddpm, flow
 
 Array = jax.Array
 SAMPLERS = {"ddpm": 1.0, "ddim": 0.0}
+DENOISERS = ("mlp", "expert")
 MIN_STD = 0.1  # DPPO's min_sampling_denoising_std / min_logprob_denoising_std (see docstring).
 
 
@@ -70,7 +71,13 @@ class Denoiser(nn.Module):
 
 
 class DiffusionModule(nn.Module):
-  """Backbone + readouts + denoiser; one-shot methods (the sampling loop is in the head)."""
+  """Backbone + denoiser; one-shot methods (the sampling loop is in the head).
+
+  ``denoiser_type``: "mlp" (Octo: readout tokens and the MLP-ResNet :class:`Denoiser`) or "expert"
+  (pi0's action expert, ``expert`` its Gemma shape: a transformer over the H noisy action tokens
+  that attends to the prefix in every layer, the flow head's architecture predicting epsilon at
+  time ``t / num_train_steps``; :func:`vla_jax.models.heads.flow.expert_output`).
+  """
 
   backbone_config: vlm.VLMConfig
   state_dim: int
@@ -81,16 +88,36 @@ class DiffusionModule(nn.Module):
   num_blocks: int = 3
   num_train_steps: int = 20
   time_dim: int = 32
+  denoiser_type: str = "mlp"
+  expert: gemma.GemmaConfig | None = None
 
   def setup(self):
+    if self.denoiser_type not in DENOISERS:
+      raise ValueError(f"DiffusionModule: denoiser_type='{self.denoiser_type}' not in "
+                       f"{DENOISERS}")
+    if self.denoiser_type == "expert":
+      if self.expert is None:
+        raise ValueError("DiffusionModule: denoiser_type='expert' needs the expert's Gemma shape")
+      # The same layer names as FlowModule's: flow.expert_output runs them.
+      self.backbone = common.Backbone(self.backbone_config, (self.expert,), self.state_dim)
+      w = self.expert.width
+      self.action_in_proj = nn.Dense(w)
+      self.time_mlp_in = nn.Dense(w)
+      self.time_mlp_out = nn.Dense(w)
+      self.action_out_proj = nn.Dense(self.action_dim)
+      return
     self.backbone = common.Backbone(self.backbone_config, (), self.state_dim)
     w = self.backbone_config.llm.width
     self.readouts = self.param("readouts", nn.initializers.normal(1.0 / w**0.5),
                                (self.num_readouts, w))
     self.denoiser = Denoiser(self.hidden, self.num_blocks, self.horizon * self.action_dim)
 
-  def condition(self, obs: Mapping[str, Array]) -> Array:
-    """Observation -> readout embedding float32 [B, W] (prefix pass + readout pass)."""
+  def condition(self, obs: Mapping[str, Array]):
+    """Observation -> what the denoiser reads: "mlp": the readout embedding float32 [B, W]
+    (prefix pass + readout pass); "expert": ``(prefix_mask [B, P], KV cache)``."""
+    if self.denoiser_type == "expert":
+      _, prefix_mask, cache = self.backbone.run_prefix(obs)
+      return prefix_mask, cache
     _, prefix_mask, cache = self.backbone.run_prefix(obs)
     b, r = prefix_mask.shape[0], self.num_readouts
     tokens = jnp.broadcast_to(self.readouts[None], (b, r, self.readouts.shape[-1]))
@@ -99,8 +126,13 @@ class DiffusionModule(nn.Module):
     out = self.backbone.run_suffix([tokens], prefix_mask, positions, mask, cache)[0]
     return jnp.mean(out.astype(jnp.float32), axis=1)
 
-  def eps(self, x_t: Array, t: Array, cond: Array) -> Array:
-    """Predicted noise [B, M, H, D] for x_t [B, M, H, D] at integer steps t [B, M]; cond [B, W]."""
+  def eps(self, x_t: Array, t: Array, cond) -> Array:
+    """Predicted noise [B, M, H, D] for x_t [B, M, H, D] at integer steps t [B, M]; ``cond``
+    from :meth:`condition`."""
+    if self.denoiser_type == "expert":
+      prefix_mask, cache = cond
+      frac = t.astype(jnp.float32) / self.num_train_steps
+      return flow.expert_output(self, x_t, frac, prefix_mask, cache)
     b, m = x_t.shape[:2]
     feats = common.sinusoidal_embedding(t.astype(jnp.float32) / self.num_train_steps,
                                         self.time_dim)

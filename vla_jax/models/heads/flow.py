@@ -58,6 +58,38 @@ from vla_jax.models.heads import common
 Array = jax.Array
 
 
+def expert_suffix(mod, x_t: Array, t: Array, prefix_mask: Array):
+  """The action expert's suffix for x_t [B, M, H, D] at times t [B, M] in [0, 1]: the M copies
+  folded into the batch (row b * M + m): tokens [B*M, H, We], positions [B*M, H], mask
+  [B*M, H, P+H], prefix_mask [B*M, P].
+
+  ``mod`` is a bound module with pi0's action-expert layers (``expert``, ``action_in_proj``,
+  ``time_mlp_in``, ``time_mlp_out``): :class:`FlowModule`, or the diffusion head's expert
+  denoiser, which shares this architecture.
+  """
+  b, m, h, _ = x_t.shape
+  a = mod.action_in_proj(x_t)  # [B, M, H, We]
+  temb = common.sinusoidal_embedding(t, mod.expert.width)[:, :, None]  # [B, M, 1, We]
+  x = jnp.concatenate([a, jnp.broadcast_to(temb, a.shape)], axis=-1)
+  x = mod.time_mlp_out(nn.swish(mod.time_mlp_in(x))).reshape(b * m, h, -1)
+  prefix_mask = jnp.repeat(prefix_mask, m, axis=0)
+  positions = common.suffix_positions(prefix_mask, h)
+  mask = common.suffix_mask(prefix_mask, jnp.zeros((h,), jnp.int32))
+  return x, positions, mask, prefix_mask
+
+
+def expert_output(mod, x_t: Array, t: Array, prefix_mask: Array, cache: dict) -> Array:
+  """The action expert's output float32 [B, M, H, D] (``action_out_proj``) for x_t
+  [B, M, H, D] at times t [B, M] over a prefix KV cache shared by the M copies of a row (see
+  :func:`expert_suffix` for ``mod``; it also needs ``backbone`` and ``action_out_proj``)."""
+  m = x_t.shape[1]
+  x, positions, mask, prefix_mask = expert_suffix(mod, x_t, t, prefix_mask)
+  if m > 1:
+    cache = jax.tree.map(lambda c: jnp.repeat(c, m, axis=1), cache)
+  out = mod.backbone.run_suffix([None, x], prefix_mask, positions, mask, cache)[1]
+  return mod.action_out_proj(out).astype(jnp.float32).reshape(x_t.shape)
+
+
 class FlowModule(nn.Module):
   """Backbone + action expert; one-shot methods (the loops live in :class:`FlowHead`).
 
@@ -81,27 +113,12 @@ class FlowModule(nn.Module):
     self.action_out_proj = nn.Dense(self.action_dim)
 
   def _suffix(self, x_t: Array, t: Array, prefix_mask: Array):
-    """x_t [B, M, H, D], t [B, M] -> the M copies folded into the batch (row b * M + m):
-    tokens [B*M, H, We], positions [B*M, H], mask [B*M, H, P+H], prefix_mask [B*M, P]."""
-    b, m, h, _ = x_t.shape
-    a = self.action_in_proj(x_t)  # [B, M, H, We]
-    temb = common.sinusoidal_embedding(t, self.expert.width)[:, :, None]  # [B, M, 1, We]
-    x = jnp.concatenate([a, jnp.broadcast_to(temb, a.shape)], axis=-1)
-    x = self.time_mlp_out(nn.swish(self.time_mlp_in(x))).reshape(b * m, h, -1)
-    prefix_mask = jnp.repeat(prefix_mask, m, axis=0)
-    positions = common.suffix_positions(prefix_mask, h)
-    mask = common.suffix_mask(prefix_mask, jnp.zeros((h,), jnp.int32))
-    return x, positions, mask, prefix_mask
+    return expert_suffix(self, x_t, t, prefix_mask)
 
   def velocity(self, x_t: Array, t: Array, prefix_mask: Array, cache: dict) -> Array:
     """Velocity float32 [B, M, H, D] of x_t [B, M, H, D] at times t [B, M] over a prefix cache
     (``cache`` {"k", "v"} [depth, B, P, K, Hd], shared by the M copies of a row)."""
-    m = x_t.shape[1]
-    x, positions, mask, prefix_mask = self._suffix(x_t, t, prefix_mask)
-    if m > 1:
-      cache = jax.tree.map(lambda c: jnp.repeat(c, m, axis=1), cache)
-    out = self.backbone.run_suffix([None, x], prefix_mask, positions, mask, cache)[1]
-    return self.action_out_proj(out).astype(jnp.float32).reshape(x_t.shape)
+    return expert_output(self, x_t, t, prefix_mask, cache)
 
   def velocity_uncached(self, obs: Mapping[str, Array], x_t: Array, t: Array) -> Array:
     """Same as :meth:`velocity` but recomputing the whole prefix in one joint pass (per copy)."""
