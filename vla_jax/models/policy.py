@@ -65,7 +65,7 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
       quantile-normalized action range, Diffusion Policy's ``clip_sample``; use 5.0, Octo's
       value, or 0 = off for z-score-normalized actions), denoiser ("mlp": Octo's readout and
       MLP-ResNet; "expert": pi0's action expert predicting epsilon, shaped by ``flow``'s
-      expert_width / expert_mlp_dim).
+      expert_width / expert_mlp_dim), prediction ("epsilon" | "v": the denoiser's target).
     ar: tokenizer ("binning" | "fast"), num_bins, max_fast_tokens, temperature (0 = greedy),
       first_step_weight (binning: loss weight of the chunk's first step's tokens; 1 = plain).
     discrete_diffusion: num_bins, rounds (12), temperature, remask_threshold.
@@ -91,7 +91,7 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
       # "expert" (pi0's action expert, shaped by flow.expert_width / flow.expert_mlp_dim).
       "diffusion": {"num_readouts": 1, "hidden": 256, "num_blocks": 3, "num_train_steps": 20,
                     "sampler": "ddim", "num_steps": 10, "num_noise_samples": 1,
-                    "clip_sample": 1.0, "denoiser": "mlp"},
+                    "clip_sample": 1.0, "denoiser": "mlp", "prediction": "epsilon"},
       "ar": {"tokenizer": "binning", "num_bins": 256, "max_fast_tokens": 64,
              "temperature": 0.0, "first_step_weight": 1.0},
       "discrete_diffusion": {"num_bins": 256, "rounds": 12, "temperature": 0.0,
@@ -267,7 +267,8 @@ def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_ho
                 if kind == "expert" else None)
       module = diffusion_lib.DiffusionModule(
           bb, state_dim, action_dim, action_horizon, hc.num_readouts, hc.hidden, hc.num_blocks,
-          hc.num_train_steps, denoiser_type=kind, expert=expert)
+          hc.num_train_steps, denoiser_type=kind, expert=expert,
+          prediction=hc.get("prediction", "epsilon"))
       h = diffusion_lib.DiffusionHead(module, hc.sampler, hc.num_steps, hc.num_noise_samples,
                                       hc.clip_sample)
     return Policy(head=h, backbone_config=bb, **common_kw)

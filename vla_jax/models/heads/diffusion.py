@@ -50,6 +50,7 @@ from vla_jax.models.heads import common, ddpm, flow
 Array = jax.Array
 SAMPLERS = {"ddpm": 1.0, "ddim": 0.0}
 DENOISERS = ("mlp", "expert")
+PREDICTIONS = ("epsilon", "v")
 MIN_STD = 0.1  # DPPO's min_sampling_denoising_std / min_logprob_denoising_std (see docstring).
 
 
@@ -77,6 +78,9 @@ class DiffusionModule(nn.Module):
   (pi0's action expert, ``expert`` its Gemma shape: a transformer over the H noisy action tokens
   that attends to the prefix in every layer, the flow head's architecture predicting epsilon at
   time ``t / num_train_steps``; :func:`vla_jax.models.heads.flow.expert_output`).
+  ``prediction``: the denoiser's target, "epsilon" (Octo, DDPM) or "v" = sqrt(ab) eps -
+  sqrt(1 - ab) x0 (Salimans & Ho 2022): at high noise an epsilon target is nearly x_t itself and
+  says little about the action, v stays informative at every level.
   """
 
   backbone_config: vlm.VLMConfig
@@ -90,8 +94,11 @@ class DiffusionModule(nn.Module):
   time_dim: int = 32
   denoiser_type: str = "mlp"
   expert: gemma.GemmaConfig | None = None
+  prediction: str = "epsilon"
 
   def setup(self):
+    if self.prediction not in PREDICTIONS:
+      raise ValueError(f"DiffusionModule: prediction='{self.prediction}' not in {PREDICTIONS}")
     if self.denoiser_type not in DENOISERS:
       raise ValueError(f"DiffusionModule: denoiser_type='{self.denoiser_type}' not in "
                        f"{DENOISERS}")
@@ -126,9 +133,9 @@ class DiffusionModule(nn.Module):
     out = self.backbone.run_suffix([tokens], prefix_mask, positions, mask, cache)[0]
     return jnp.mean(out.astype(jnp.float32), axis=1)
 
-  def eps(self, x_t: Array, t: Array, cond) -> Array:
-    """Predicted noise [B, M, H, D] for x_t [B, M, H, D] at integer steps t [B, M]; ``cond``
-    from :meth:`condition`."""
+  def predict(self, x_t: Array, t: Array, cond) -> Array:
+    """The denoiser's raw output [B, M, H, D] (epsilon or v, per ``prediction``) for x_t
+    [B, M, H, D] at integer steps t [B, M]; ``cond`` from :meth:`condition`."""
     if self.denoiser_type == "expert":
       prefix_mask, cache = cond
       frac = t.astype(jnp.float32) / self.num_train_steps
@@ -140,24 +147,39 @@ class DiffusionModule(nn.Module):
     out = self.denoiser(x_t.reshape(b, m, -1), feats, c)
     return out.reshape(x_t.shape)
 
+  def _alpha_bar(self, t: Array) -> Array:
+    """alpha_bar float32 [B, M, 1, 1] at integer steps t [B, M]."""
+    return jnp.asarray(ddpm.cosine_alpha_bars(self.num_train_steps))[t][..., None, None]
+
+  def eps(self, x_t: Array, t: Array, cond) -> Array:
+    """Predicted noise [B, M, H, D] for x_t [B, M, H, D] at integer steps t [B, M]: the
+    denoiser's output, or from v-prediction ``eps = sqrt(1 - ab) x_t + sqrt(ab) v``."""
+    out = self.predict(x_t, t, cond)
+    if self.prediction == "v":
+      ab = self._alpha_bar(t)
+      return jnp.sqrt(1.0 - ab) * x_t + jnp.sqrt(ab) * out
+    return out
+
   def init_all(self, obs: Mapping[str, Array]) -> Array:
     b = obs["obs_mask"].shape[0]
     x = jnp.zeros((b, 1, self.horizon, self.action_dim))
     return self.eps(x, jnp.zeros((b, 1), jnp.int32), self.condition(obs))
 
   def loss(self, batch: Mapping[str, Array], rng: Array, num_noise_samples: int):
-    """Epsilon-prediction MSE with M = ``num_noise_samples`` noised copies per chunk."""
+    """Epsilon- or v-prediction MSE with M = ``num_noise_samples`` noised copies per chunk."""
     common.check_actions(batch, self.horizon, self.action_dim, "DiffusionHead.loss")
     b, m = batch["actions"].shape[0], num_noise_samples
     noise_rng, t_rng = jax.random.split(rng)
     x0 = batch["actions"].astype(jnp.float32)[:, None]
     noise = jax.random.normal(noise_rng, (b, m) + x0.shape[2:])
     t = jax.random.randint(t_rng, (b, m), 0, self.num_train_steps)
-    ab = jnp.asarray(ddpm.cosine_alpha_bars(self.num_train_steps))[t][..., None, None]
+    ab = self._alpha_bar(t)
     x_t = jnp.sqrt(ab) * x0 + jnp.sqrt(1.0 - ab) * noise
-    err = jnp.mean(jnp.square(self.eps(x_t, t, self.condition(batch)) - noise), axis=-1)
+    target = noise if self.prediction == "epsilon" else (
+        jnp.sqrt(ab) * noise - jnp.sqrt(1.0 - ab) * x0)  # v (Salimans & Ho 2022)
+    err = jnp.mean(jnp.square(self.predict(x_t, t, self.condition(batch)) - target), axis=-1)
     loss = common.masked_chunk_mean(err, batch["action_mask"])
-    return loss, {"eps_mse": loss}
+    return loss, {"eps_mse" if self.prediction == "epsilon" else "v_mse": loss}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # Hashed by identity (jit of bound methods).
