@@ -160,8 +160,8 @@ def main(argv):
   print(f"devices: {jax.devices()}; {config.policy.head} head, {num_params / 1e6:.3f}M params, "
         f"{env.image_size[0]} px, {steps} env steps per rollout, G={rl.group_size}, "
         f"{rl.updates_per_iteration} updates x {rl.decisions_per_update} decisions, "
-        f"sampling {dict(rl.sample_options)}, a decision every {builder.adapter.replan_every} "
-        f"steps, train.trainable {tc.get('trainable', transfer.DEFAULT_TRAINABLE)!r}; fastest "
+        f"sampling {rl.sample_options[config.policy.head].to_dict()}, a decision every "
+        f"{builder.adapter.replan_every} steps, train.trainable {tc.get('trainable', transfer.DEFAULT_TRAINABLE)!r}; fastest "
         f"of {_REPEATS.value} calls", flush=True)
 
   collect_fn = jax.jit(builder.collect)

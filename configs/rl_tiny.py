@@ -54,15 +54,13 @@ def get_config(arg=None):
   # temperature, as in evaluation). The likelihood credits only this step noise (see
   # vla_jax/rl/config.py), so it must be a real share of the action spread; ReinFlow and piRL
   # learn it instead (a possible extension).
-  c.rl.sample_options.noise_std = 0.2
+  c.rl.sample_options.flow.noise_std = 0.2
   if a.scored:  # Score only the chunk's first `scored` actions (FlowHead.log_prob).
-    c.rl.sample_options.scored_actions = a.scored
+    c.rl.sample_options.flow.scored_actions = a.scored
   # 4 optimizer steps on each batch of rollouts. Learning rate 1e-4 on the action expert: at
   # 3e-4 on every param the rollout success fell from 0.95 to ~0.6 within 20 iterations;
   # 3e-5 on every param moved it little in 100 (docs/experiments/rl_tiny.md, runs 1-2).
   c.rl.updates_per_iteration = 4
-  if a.likelihood == "fpo":
-    c.rl.sample_options = ml_collections.ConfigDict({})  # the head's own sample() defaults
 
   c.train = train_config_lib.default_train_config()
   c.train.num_steps = a.iterations  # one step = one RL iteration (rollouts + updates)

@@ -79,6 +79,9 @@ def test_rl_config_errors_name_the_key():
     bad[key] = value
     with pytest.raises(ValueError, match=match):
       rl_config_lib.check_rl_config(bad, "ar")
+  del rl.sample_options["ar"]  # Each head samples with its own options.
+  with pytest.raises(ValueError, match=r"rl.sample_options has no entry for .*'ar' head"):
+    rl_config_lib.check_rl_config(rl, "ar")
 
 
 def _gae_reference(rewards, values, next_values, terminal, done, valid, gamma, lam):

@@ -39,9 +39,12 @@ def default_rl_config() -> ml_collections.ConfigDict:
     decisions_per_update: decisions (env step, env) drawn per optimizer step among those of
       kept groups while the episode ran (the loss is their mean; all of them would be
       ``num_envs x horizon`` backbone passes with gradients).
-    sample_options: the head's stochastic sampling options: flow ``noise_std`` (Euler-step
-      noise, normalized action units) and ``noise_temperature`` (x_0's std), token heads
-      ``temperature`` (SimpleVLA-RL samples at 1.6). The Flow-Noise likelihood credits only the
+    sample_options: per head (``sample_options.<head>``, the starting checkpoint's head picks
+      one), its stochastic sampler's options: flow ``noise_std`` (Euler-step noise, normalized
+      action units), ``noise_temperature`` (x_0's std) and ``scored_actions``; diffusion
+      ``min_std`` (DPPO's floor, 0.1) and ``last_k``; token heads (ar, discrete_diffusion)
+      ``temperature`` (1 = the trained distribution; SimpleVLA-RL samples at 1.6). FPO samples
+      with the head's own ``sample()`` defaults and ignores them. The Flow-Noise likelihood credits only the
       per-step noise, not x_0 (it has no parameters), so the step noise must account for a
       real share of the action spread (micro reach, colabs/rl_finetune.ipynb: no learning with
       x_0 at 1 and steps at 0.1, a 3-4x return gain with 0.1 and 0.3).
@@ -74,7 +77,12 @@ def default_rl_config() -> ml_collections.ConfigDict:
       "value_hidden": 256,
       "updates_per_iteration": 2,
       "decisions_per_update": 256,
-      "sample_options": ml_collections.ConfigDict({"noise_std": 0.1}),
+      "sample_options": ml_collections.ConfigDict({
+          "flow": {"noise_std": 0.1},
+          "diffusion": {"min_std": 0.1},
+          "ar": {"temperature": 1.0},
+          "discrete_diffusion": {"temperature": 1.0},
+      }),
       "fpo_samples": 4,
       "replan_every": 0,
       "done_on_success": True,
@@ -93,6 +101,9 @@ def check_rl_config(rl: ml_collections.ConfigDict, head: str) -> None:
   if rl.likelihood == "fpo" and head != "flow":
     raise ValueError(f"rl.likelihood='fpo' needs the flow head; this checkpoint's head is "
                      f"'{head}' (use rl.likelihood='exact')")
+  if rl.likelihood == "exact" and head not in rl.sample_options:
+    raise ValueError(f"rl.sample_options has no entry for the checkpoint's '{head}' head (it "
+                     f"has {sorted(rl.sample_options)}); add rl.sample_options.{head}")
   if rl.reward not in REWARDS:
     raise ValueError(f"rl.reward='{rl.reward}' not in {REWARDS}")
   for key in ("group_size", "num_groups", "updates_per_iteration", "decisions_per_update",

@@ -67,12 +67,12 @@ class RLStepBuilder:
     if rl.algorithm == "ppo" and adapter.replan_every != 1:
       raise ValueError(f"rl.algorithm='ppo' needs a decision at every control step (GAE over "
                        f"steps); the adapter replans every {adapter.replan_every}")
-    options = dict(rl.sample_options)
-    if rl.likelihood == "exact":
+    if rl.likelihood == "exact":  # The options of this head (rl.sample_options.<head>).
+      options = dict(rl.sample_options[policy.config.head])
       sample_fn = functools.partial(policy.sample_stochastic, **options)
       self.log_prob = functools.partial(policy.log_prob, **options)
-    else:  # FPO: the head's own sampler (options are ``sample``'s); losses score the chunk.
-      sample_fn = functools.partial(_fpo_sample, policy, options)
+    else:  # FPO: the head's own sampler at its defaults; losses score the chunk.
+      sample_fn = functools.partial(_fpo_sample, policy, {})
     if rl.algorithm == "ppo":  # The critic's V(s_t) is recorded at every decision.
       sample_fn = functools.partial(_with_value, sample_fn, self.value)
     self.actor = collect.RLActor(adapter, sample_fn)
