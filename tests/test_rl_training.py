@@ -265,3 +265,8 @@ def test_rl_job_checks_env_and_init_checkpoint(tmp_path):
   assert rl_job.rl_task_ids(" reach+", env, "w") == [env.task_names.index("reach")]  # as env.tasks
   with pytest.raises(ValueError, match=r"rl.tasks: task\(s\) \['push'\] are not among .*'reach'"):
     rl_job.rl_task_ids("reach+push", env, "w")
+  # A token head has no action expert: freezing the VLM would leave it nothing to train.
+  rl_job.check_trainable_reaches_head(policy_lib.FREEZE_BACKBONE, "flow")
+  rl_job.check_trainable_reaches_head(".*", "ar")
+  with pytest.raises(ValueError, match=r"'ar' head predicts its tokens with the LM"):
+    rl_job.check_trainable_reaches_head(policy_lib.FREEZE_BACKBONE, "ar")

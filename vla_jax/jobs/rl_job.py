@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 from vla_jax.envs import tabletop
 from vla_jax.eval import intervals, report, videos
 from vla_jax.jobs import main_job
+from vla_jax.models import policy as policy_lib
 from vla_jax.rl import collect
 from vla_jax.rl import config as rl_config_lib
 from vla_jax.rl import step as rl_step
@@ -67,6 +68,9 @@ class PolicyFromCheckpoint:
   def pretrained_params(self, abstract_params):
     del abstract_params  # place_initial_params checks every path and shape.
     return self.arrays, self.source
+
+
+TOKEN_HEADS = ("ar", "discrete_diffusion")  # They predict with the LM's own output layer.
 
 
 def rl_task_ids(rl_tasks: str, env, init_workdir: str) -> list[int]:
@@ -102,6 +106,16 @@ def check_env_matches_policy(env: tabletop.TabletopEnv, policy, init_workdir: st
                        "was trained in (its config.collect.env)")
 
 
+def check_trainable_reaches_head(trainable: str, head: str) -> None:
+  """Raises ValueError when ``train.trainable`` freezes the VLM of a head that predicts with the
+  LM itself (token heads: their logits are the LM's tied embedding), which would leave it
+  nothing to learn with."""
+  if trainable == policy_lib.FREEZE_BACKBONE and head in TOKEN_HEADS:
+    raise ValueError(f"train.trainable freezes the VLM (policy.FREEZE_BACKBONE), but the "
+                     f"checkpoint's '{head}' head predicts its tokens with the LM itself (no "
+                     "action expert): train every param (configs/rl_tiny.py: train=all)")
+
+
 def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str = "",
                print_fn: Callable = print) -> str:
   """Runs the whole RL job (module docstring); returns the path of ``report_rl.md`` ("" when
@@ -114,6 +128,7 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
   rl = config.rl
   rl_config_lib.check_rl_config(rl, base.policy.head)
   rl_step.check_policy_supports(policy, rl)
+  check_trainable_reaches_head(config.train.trainable, base.policy.head)
   print_fn(f"[rl] starting point: {config.init_workdir} step {loaded.step} "
            f"({base.policy.head} head)", flush=True)
 
