@@ -145,7 +145,8 @@ def test_fpo_loss_is_the_surrogate_of_the_flow_matching_ratio_and_moves_it():
   history["state"] = jax.random.normal(jax.random.key(0), history["state"].shape)
   obs = adapter.observation(history, jnp.arange(n) % len(env.instructions))
   params = builder.initial_params(jax.random.key(1), obs)
-  actions = policy.sample(params, obs, jax.random.key(2))["actions"]
+  # The executed chunks (any chunks: FPO scores what ran, not how it was sampled).
+  actions = jax.random.normal(jax.random.key(2), (n, policy.action_horizon, env.action_dim))
   adv = jnp.asarray([1.0, -1.0] * (n // 2))
   mb = {"sample": {"actions": actions}, "advantage": adv}
   weights, key = jnp.ones((n,)), jax.random.key(3)
