@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from vla_jax.training import distributed
@@ -134,6 +135,14 @@ def test_both_processes_train_on_one_fsdp_mesh_and_agree(run):
   from vla_jax.jobs import main_job  # pylint: disable=g-import-not-at-top
   loaded = main_job.load_checkpoint_policy(workdir)
   assert loaded.step == 3 and loaded.config["eval"]["block"] == "test"
+  # The action probe (experiments/probe_actions.py) reads the run's validation split with it.
+  from vla_jax.eval import probe  # pylint: disable=g-import-not-at-top
+  result = probe.probe(loaded, num_batches=1, batch_size=8)
+  d = loaded.policy.action_dim
+  assert result["mean action"]["n"] > 0
+  for variant in ("mean action", *probe.VARIANTS):
+    assert result[variant]["mae"].shape == (d,) and np.isfinite(result[variant]["mae"]).all()
+  assert len(probe.format_probe(result).splitlines()) == 2 + len(probe.VARIANTS)
 
 
 def test_finetune_rl_entry_point_fine_tunes_the_checkpoint(run, tmp_path):
