@@ -14,8 +14,8 @@ Expected (2026-12-02, fresh clone, 2-core CPU machine): 83.5% [79.5, 86.8] mean 
 ``test`` seed block (n = 400; reach 100%, push 55%, pick_place 82%, lift 97%) in 22.0 min on an
 idle machine (31.8 min with another process sharing the cores; the same checkpoint both times).
 
-Other heads (dev block, 2026-12-07): ar 55.5% [48.6, 62.2] (n = 200) at 6000 steps, diffusion
-52.0% (n = 100) at 2000 steps (docs/experiments/heads.md).
+Other heads at 6000 steps (dev block, n = 200, 2026-12-07): diffusion 78.0% [71.8, 83.2], ar
+55.5% [48.6, 62.2] (docs/experiments/heads.md).
 History of what was tried and measured: docs/experiments/vla_tiny.md.
 """
 
@@ -79,7 +79,7 @@ def get_config(arg=None):
   # 5.5% success after 2000 steps).
   c.policy.diffusion.clip_sample = 5.0
   # v-prediction, not Octo's epsilon: with epsilon the head ignored the image and instruction
-  # (dev 5%, also with this transformer denoiser); with v, 52% at step 2000
+  # (dev 5%, also with this transformer denoiser); with v, 52% at step 2000 and 78% at 6000
   # (docs/experiments/heads.md). The denoiser is pi0's action expert, as the flow head's.
   c.policy.diffusion.prediction = "v"
   c.policy.diffusion.denoiser = "expert"
