@@ -105,13 +105,10 @@ class DiffusionModule(nn.Module):
     if self.denoiser_type == "expert":
       if self.expert is None:
         raise ValueError("DiffusionModule: denoiser_type='expert' needs the expert's Gemma shape")
-      # The same layer names as FlowModule's: flow.expert_output runs them.
-      self.backbone = common.Backbone(self.backbone_config, (self.expert,), self.state_dim)
-      w = self.expert.width
-      self.action_in_proj = nn.Dense(w)
-      self.time_mlp_in = nn.Dense(w)
-      self.time_mlp_out = nn.Dense(w)
-      self.action_out_proj = nn.Dense(self.action_dim)
+      # The same layers and names as FlowModule's: flow.expert_output runs them.
+      (self.backbone, self.action_in_proj, self.time_mlp_in, self.time_mlp_out,
+       self.action_out_proj) = flow.expert_layers(self.backbone_config, self.expert,
+                                                  self.state_dim, self.action_dim)
       return
     self.backbone = common.Backbone(self.backbone_config, (), self.state_dim)
     w = self.backbone_config.llm.width

@@ -58,6 +58,17 @@ from vla_jax.models.heads import common
 Array = jax.Array
 
 
+def expert_layers(backbone_config: vlm.VLMConfig, expert: gemma.GemmaConfig, state_dim: int,
+                  action_dim: int) -> tuple[nn.Module, ...]:
+  """For a ``setup()``: ``(backbone, action_in_proj, time_mlp_in, time_mlp_out,
+  action_out_proj)`` of pi0's action expert, assigned to attributes of those names (the names
+  :func:`expert_suffix` and :func:`expert_output` read, and the parameter names checkpoints
+  hold)."""
+  w = expert.width
+  return (common.Backbone(backbone_config, (expert,), state_dim), nn.Dense(w), nn.Dense(w),
+          nn.Dense(w), nn.Dense(action_dim))
+
+
 def expert_suffix(mod, x_t: Array, t: Array, prefix_mask: Array):
   """The action expert's suffix for x_t [B, M, H, D] at times t [B, M] in [0, 1]: the M copies
   folded into the batch (row b * M + m): tokens [B*M, H, We], positions [B*M, H], mask
@@ -105,12 +116,9 @@ class FlowModule(nn.Module):
   horizon: int
 
   def setup(self):
-    self.backbone = common.Backbone(self.backbone_config, (self.expert,), self.state_dim)
-    w = self.expert.width
-    self.action_in_proj = nn.Dense(w)
-    self.time_mlp_in = nn.Dense(w)
-    self.time_mlp_out = nn.Dense(w)
-    self.action_out_proj = nn.Dense(self.action_dim)
+    (self.backbone, self.action_in_proj, self.time_mlp_in, self.time_mlp_out,
+     self.action_out_proj) = expert_layers(self.backbone_config, self.expert, self.state_dim,
+                                           self.action_dim)
 
   def _suffix(self, x_t: Array, t: Array, prefix_mask: Array):
     return expert_suffix(self, x_t, t, prefix_mask)
