@@ -3,7 +3,7 @@
 On the validation split of a run's dataset, :func:`probe` samples one chunk per observation (the
 head's evaluation sampler) and measures, per action dimension, the mean absolute error of the
 chunk's first action (normalized units) over the steps whose first action is real
-(``action_mask[:, 0]``), against predicting the dataset's mean action. It does so on the real
+(``action_mask[:, 0]``), against predicting the mean of those first actions. It does so on the real
 observations, with the images shuffled across the batch, and with the instructions shuffled. A
 head that uses the image loses accuracy when the images are shuffled; one whose error barely moves
 ignores them (issue 17's diagnosis of the AR and diffusion heads, docs/experiments/heads.md). An

@@ -102,7 +102,7 @@ class ARHead:
     first_step_weight: binning only: the loss weight of the chunk's first step's D tokens
       relative to the others (1 = plain next-token cross-entropy). Later steps are nearly copies
       of earlier ones, so the plain loss is dominated by copying; the first step is the only one
-      predicted from the observation alone (issue 17, docs/experiments/vla_tiny.md).
+      predicted from the observation alone (issue 17, docs/experiments/heads.md).
   """
 
   module: ARModule
@@ -162,8 +162,6 @@ class ARHead:
   def _loss_weights(self, length: int) -> Array:
     """float32 [length]: each target slot's loss weight (``first_step_weight`` on the first
     chunk step's D tokens, 1 elsewhere)."""
-    if self.first_step_weight == 1.0:
-      return jnp.ones((length,), jnp.float32)
     return jnp.where(jnp.arange(length) < self.action_dim, self.first_step_weight, 1.0)
 
   def init(self, rng: Array, batch: Mapping[str, Array]):
