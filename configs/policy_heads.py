@@ -6,7 +6,7 @@ The same ConfigDict that ``configs/vla_tiny.py`` embeds as ``config.policy``
   PYTHONPATH=. python benchmarks/heads.py --config=configs/policy_heads.py:backbone=tiny \
       --config.flow.expert_width=64
 
-Args (``file.py:key=value,...``): ``head`` (flow | diffusion | ar | discrete_diffusion; the
+Args (``file.py:key=value,...``): ``head`` (flow | diffusion | ar | discrete_diffusion | hybrid; the
 benchmark measures every head and reads each one's section), ``backbone`` (tiny | paligemma_3b).
 """
 

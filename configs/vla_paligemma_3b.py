@@ -13,7 +13,7 @@ the parameter count, per-device memory from XLA's memory analysis and the compil
   python experiments/compile_check.py --config=configs/vla_paligemma_3b.py:head=ar,batch_size=16
   python experiments/compile_check.py --config=configs/vla_paligemma_3b.py:data=2,fsdp=4
 
-Args (``configs/vla_paligemma_3b.py:key=value,...``): head (flow | diffusion | ar |
+Args (``configs/vla_paligemma_3b.py:key=value,...``): head (flow | diffusion | ar | hybrid |
 discrete_diffusion), batch_size (global), data / fsdp (mesh axis sizes; data * fsdp devices).
 
 Pretrained weights (any config): ``--config.policy.init_from=<dir or .safetensors of a Hugging
@@ -36,7 +36,7 @@ from vla_jax.models import gemma
 from vla_jax.models import policy as policy_lib
 from vla_jax.training import config as train_config_lib
 
-HEAD_CHOICES = policy_lib.HEADS  # flow | diffusion | ar | discrete_diffusion
+HEAD_CHOICES = policy_lib.HEADS  # flow | diffusion | ar | discrete_diffusion | hybrid
 # PaliGemma's vocabulary: Gemma's 256000 text ids + 1024 location + 128 segmentation tokens
 # (PaliGemma report, Beyer et al. 2024, Sec. 3).
 PALIGEMMA_VOCAB = 257_152

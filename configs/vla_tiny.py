@@ -4,7 +4,7 @@ demonstrations, then evaluated closed-loop. From the repository root:
   python experiments/train.py --config=configs/vla_tiny.py --workdir=workdirs/vla_tiny
   python experiments/train.py --config=configs/vla_tiny.py:head=ar,steps=300 --workdir=/tmp/ar
 
-Args (``:key=value,...``): head (flow | diffusion | ar | ar_fast | discrete_diffusion), steps
+Args (``:key=value,...``): head (flow | diffusion | ar | ar_fast | discrete_diffusion | hybrid), steps
 (6000), batch_size (64), eval_episodes (final, per task: 100), eval_every (2000; 0 = only at the
 end), data_root (workdirs/data: the demo dataset is built there once and reused).
 
@@ -28,7 +28,7 @@ from vla_jax.models import policy as policy_lib
 from vla_jax.training import config as train_config_lib
 
 # "ar_fast" is the AR head with the FAST tokenizer (fitted on the training actions first).
-HEAD_CHOICES = ("flow", "diffusion", "ar", "ar_fast", "discrete_diffusion")
+HEAD_CHOICES = ("flow", "diffusion", "ar", "ar_fast", "discrete_diffusion", "hybrid")
 
 
 def get_config(arg=None):
@@ -87,7 +87,7 @@ def get_config(arg=None):
   # loss; weighting the first step's tokens x8 made the head use the image (dev 1% -> 55.5% at
   # 6000 steps, docs/experiments/heads.md).
   c.policy.ar.first_step_weight = 8.0
-  if a.head in ("ar", "ar_fast", "discrete_diffusion"):
+  if a.head in ("ar", "ar_fast", "discrete_diffusion", "hybrid"):
     # Token heads bin [-1, 1]: quantile normalization maps q01/q99 there (openpi does the same).
     c.data.norm_mode = "quantile"
   if a.head == "ar_fast":

@@ -48,7 +48,7 @@ def built():
 def test_head_arg_switches_the_head(built):
   kinds = {head: type(policy.head).__name__ for head, (policy, _) in built.items()}
   assert kinds == {"flow": "FlowHead", "diffusion": "DiffusionHead", "ar": "ARHead",
-                   "discrete_diffusion": "DiscreteDiffusionHead"}
+                   "discrete_diffusion": "DiscreteDiffusionHead", "hybrid": "HybridHead"}
   config = vla_paligemma_3b.get_config("head=ar,batch_size=16,data=2,fsdp=4")
   assert config.policy.head == "ar" and config.train.batch_size == 16
   assert dict(config.train.mesh) == {"data": 2, "fsdp": 4}
@@ -65,7 +65,7 @@ def test_backbone_is_paligemma_3b_sized(built):
       assert rows == 257_152
     else:  # 256 action bins (+ 1 or 2 special ids) after the text ids
       assert 257_152 + 256 < rows <= 257_152 + 258, rows
-    if head == "flow":  # pi0's Gemma-300M action expert rides along (about 0.3B)
+    if head in ("flow", "hybrid"):  # pi0's Gemma-300M action expert rides along (about 0.3B)
       assert 0.25e9 < rest < 0.35e9, rest
 
 

@@ -12,6 +12,7 @@ ViT 1 x 32 over 16 x 16 images (4 tokens), Gemma 2 x 32, action expert width 16.
 
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +30,7 @@ STEPS, LR = 1000, 3e-3
 # half-bin error of 1/64 ~ 0.016, so 0.05 allows one neighbouring bin; continuous heads: 0.1.
 # FAST at scale 10 rounds DCT coefficients to 0.05, spread over time by the inverse DCT: 0.1.
 TOLERANCE = {"flow": 0.1, "diffusion": 0.1, "ar": 0.05, "discrete_diffusion": 0.05,
-             "ar_fast": 0.1, "diffusion_expert": 0.1}
+             "ar_fast": 0.1, "diffusion_expert": 0.1, "hybrid": 0.1}
 HEADS = (*policy_lib.HEADS, "ar_fast", "diffusion_expert")
 # Negative control. With the image blanked, the two rows naming one object (in two images) get
 # one observation, as do the two rows of one image with the text blanked; their targets end in
@@ -201,6 +202,52 @@ def test_ar_first_step_weight_reweights_the_first_steps_tokens(data):
   np.testing.assert_allclose(l3, (3 * a + b) / (3 * n_a + n_b), rtol=1e-4)
   np.testing.assert_allclose([ce0, ce3], [ce1, ce1], rtol=1e-6)
   assert abs(l3 - l1) > 1e-3 * l1  # The weight changes the loss (the two parts differ).
+
+
+def test_discrete_diffusion_first_step_weight_reweights_the_first_steps_slots(data):
+  """The weight scales only the first chunk step's masked slots: at w = 1 the loss is the plain
+  masked cross-entropy, the reported metric is that unweighted one at every w, and the loss is a
+  weighted mean of the first-step mean a and the rest's mean b (w = 0 gives b): for w = 1, 2, 3
+  it is (w r a + b) / (w r + 1) with one slot-count ratio r, solved from w = 1 and checked at 3."""
+  batch = data[0]
+  pol, params, _, _ = train("discrete_diffusion", data)
+  def loss(w):
+    head = dataclasses.replace(pol.head, first_step_weight=w)
+    value, metrics = jax.jit(head.loss)(params, batch, jax.random.key(0))
+    return float(value), float(metrics["masked_ce"])
+  (l0, ce0), (l1, ce1), (l2, _), (l3, ce3) = loss(0.0), loss(1.0), loss(2.0), loss(3.0)
+  np.testing.assert_allclose([l1, ce0, ce3], [ce1, ce1, ce1], rtol=1e-6)
+  b = l0
+  # l1 (r + 1) = r a + b and l2 (2 r + 1) = 2 r a + b: eliminate a, then solve for r and a.
+  r = (l2 + b - 2 * l1) / (2 * (l1 - l2))
+  a = (l1 * (r + 1) - b) / r
+  np.testing.assert_allclose(l3, (3 * r * a + b) / (3 * r + 1), rtol=1e-3)
+  assert r > 0 and abs(l3 - l1) > 1e-3 * l1  # Both parts hold masked slots, and they differ.
+
+
+def test_hybrid_ensemble_averages_the_heads_when_the_ar_tokens_are_confident(data):
+  """HybridVLA's collaborative ensemble on the trained micro hybrid: the mean of the flow and AR
+  predictions where the AR chunk's mean token probability exceeds the threshold (every row at a
+  threshold below all of them), the flow prediction alone elsewhere (every row above them)."""
+  _, obs, cond, targets = data
+  pol, params, _, _ = train("hybrid", data)
+
+  def run(head, mode):
+    return jax.jit(functools.partial(head.sample, mode=mode))(params, obs, jax.random.key(7))
+
+  flow, ar = run(pol.head, "flow"), run(pol.head, "ar")
+  conf = np.asarray(ar["confidence"])
+  assert np.asarray(ar["valid"]).all() and ((conf > 0.5) & (conf <= 1.0)).all(), conf
+  err_ar, _ = synthetic.nearest_mode_error(np.asarray(ar["actions"]), cond, targets)
+  assert err_ar.max() <= TOLERANCE["ar"]  # The AR part alone fits too (one shared backbone).
+  mean = 0.5 * (np.asarray(flow["actions"]) + np.asarray(ar["actions"]))
+  for threshold, want in ((conf.min() - 1e-3, mean), (1.0, np.asarray(flow["actions"]))):
+    ens = run(dataclasses.replace(pol.head, threshold=float(threshold)), "ensemble")
+    np.testing.assert_allclose(np.asarray(ens["ar_confidence"]), conf, rtol=1e-6)
+    assert np.asarray(ens["ensembled"]).all() == (threshold < 1.0)
+    np.testing.assert_allclose(np.asarray(ens["actions"]), want, atol=1e-6)
+  with pytest.raises(ValueError, match="mode='both'"):
+    run(pol.head, "both")
 
 
 def test_fast_invalid_sequences_are_reported():

@@ -41,7 +41,6 @@ from vla_jax.training import mesh as mesh_lib
 
 DATASET = tabletop_demos.DATASET_NAME
 TOKENIZER_DIR = "tokenizers"  # <workdir>/tokenizers/{text,action}: fitted once, reused on resume
-TOKEN_HEADS = ("ar", "discrete_diffusion")
 # How long the other processes of a multi-process run wait for what process 0 does alone
 # (collect the demos: 130-151 s for the default ones on 2 CPU cores; fit the tokenizers; evaluate;
 # write the report) [s]. If process 0 dies meanwhile, they stop sooner (heartbeat timeout).

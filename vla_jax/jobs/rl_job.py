@@ -70,7 +70,7 @@ class PolicyFromCheckpoint:
     return self.arrays, self.source
 
 
-TOKEN_HEADS = ("ar", "discrete_diffusion")  # They predict with the LM's own output layer.
+TOKEN_HEADS = ("ar", "discrete_diffusion", "hybrid")  # They predict with the LM's output layer.
 
 
 def rl_task_ids(rl_tasks: str, env, init_workdir: str) -> list[int]:

@@ -17,7 +17,7 @@ uint8 [B, T, H, W, 3] (all T history frames are used; padded frames masked by ``
 
 Heads (``config.head``): ``flow`` (pi0 action expert, default), ``diffusion`` (Octo readouts +
 DDPM/DDIM), ``ar`` (autoregressive binning or FAST tokens), ``discrete_diffusion`` (masked binned
-tokens). See ``vla_jax/models/heads/*`` for each head's design.
+tokens), ``hybrid`` (HybridVLA: flow and AR binning on one backbone, ensembled). See ``vla_jax/models/heads/*`` for each head's design.
 
 Build with :func:`make_policy` from :func:`default_policy_config` (embed it in a run config as
 ``config.policy``).
@@ -46,9 +46,10 @@ from vla_jax.models.heads import autoregressive as ar_lib
 from vla_jax.models.heads import diffusion as diffusion_lib
 from vla_jax.models.heads import discrete_diffusion as dd_lib
 from vla_jax.models.heads import flow as flow_lib
+from vla_jax.models.heads import hybrid as hybrid_lib
 from vla_jax.tokenizers import binning, fast
 
-HEADS = ("flow", "diffusion", "ar", "discrete_diffusion")
+HEADS = ("flow", "diffusion", "ar", "discrete_diffusion", "hybrid")
 
 
 def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_collections.ConfigDict:
@@ -68,7 +69,11 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
       expert_width / expert_mlp_dim), prediction ("epsilon" | "v": the denoiser's target).
     ar: tokenizer ("binning" | "fast"), num_bins, max_fast_tokens, temperature (0 = greedy),
       first_step_weight (binning: loss weight of the chunk's first step's tokens; 1 = plain).
-    discrete_diffusion: num_bins, rounds (12), temperature, remask_threshold.
+    discrete_diffusion: num_bins, rounds (12), temperature, remask_threshold,
+      first_step_weight (loss weight of the chunk's first step's masked slots; 1 = plain).
+    hybrid (HybridVLA: ``flow`` and ``ar`` binning on one backbone, shaped by those sections):
+      ar_loss_weight (1), threshold (the AR confidence above which the two predictions are
+      averaged; 0.96), mode ("ensemble" | "flow" | "ar": what ``sample`` returns).
     init_from: a pretrained backbone to start from ("" = random init): a Hugging Face
       ``PaliGemmaForConditionalGeneration`` / ``SiglipVisionModel`` / ``GemmaForCausalLM``
       ``.safetensors`` file or directory, or a big_vision ``.npz``. Loaded into ``backbone/vlm``
@@ -95,7 +100,8 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
       "ar": {"tokenizer": "binning", "num_bins": 256, "max_fast_tokens": 64,
              "temperature": 0.0, "first_step_weight": 1.0},
       "discrete_diffusion": {"num_bins": 256, "rounds": 12, "temperature": 0.0,
-                             "remask_threshold": 0.5},
+                             "remask_threshold": 0.5, "first_step_weight": 1.0},
+      "hybrid": {"ar_loss_weight": 1.0, "threshold": 0.96, "mode": "ensemble"},
       "init_from": "",
       "init_from_format": "",
       "init_from_kind": "",
@@ -108,7 +114,7 @@ class Policy:
 
   Attributes:
     head: the head object (``FlowHead``, ``DiffusionHead``, ``ARHead``,
-      ``DiscreteDiffusionHead``).
+      ``DiscreteDiffusionHead``, ``HybridHead``).
     config: the policy config it was built from.
     action_dim, action_horizon, state_dim: D, H, S.
     action_tokenizer: the token heads' tokenizer (None for continuous heads).
@@ -274,6 +280,11 @@ def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_ho
     return Policy(head=h, backbone_config=bb, **common_kw)
 
   kind = hc.tokenizer if head == "ar" else "binning"
+  if head == "hybrid" and config.ar.tokenizer != "binning":
+    raise ValueError(f"policy config: head 'hybrid' needs ar.tokenizer='binning', got "
+                     f"'{config.ar.tokenizer}'")
+  if head == "hybrid":
+    hc = config.ar  # The token part's bins and options.
   if kind not in ("binning", "fast"):
     raise ValueError(f"policy config: ar.tokenizer='{kind}' not in ('binning', 'fast')")
   tok = action_tokenizer
@@ -291,16 +302,29 @@ def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_ho
                      f"{'' if kind == 'binning' else f', H={tok.action_horizon}'}, the policy "
                      f"for D={action_dim}, H={action_horizon}")
   layout = action_tokens.TokenLayout(text_vocab_size, action_tokens.num_action_ids(tok),
-                                     2 if head == "ar" else 1, config.vocab_size)
+                                     1 if head == "discrete_diffusion" else 2,
+                                     config.vocab_size)
   bb = dataclasses.replace(bb, llm=dataclasses.replace(bb.llm, vocab_size=layout.vocab_size))
-  if head == "ar":
+  if head == "hybrid":
+    n = action_tokens.max_tokens(tok, action_horizon, hc.max_fast_tokens)
+    ar = ar_lib.ARHead(ar_lib.ARModule(bb, state_dim), tok, layout, action_horizon, action_dim,
+                       n, hc.temperature, hc.get("first_step_weight", 1.0))
+    fc = config.flow
+    expert = dataclasses.replace(bb.llm, width=fc.expert_width, mlp_dim=fc.expert_mlp_dim,
+                                 vocab_size=0)
+    fh = flow_lib.FlowHead(flow_lib.FlowModule(bb, expert, state_dim, action_dim, action_horizon),
+                           fc.num_steps, fc.num_noise_samples, fc.get("noise_temperature", 1.0))
+    yc = config.hybrid
+    h = hybrid_lib.HybridHead(fh, ar, yc.ar_loss_weight, yc.threshold, yc.mode)
+  elif head == "ar":
     n = action_tokens.max_tokens(tok, action_horizon, hc.max_fast_tokens)
     h = ar_lib.ARHead(ar_lib.ARModule(bb, state_dim), tok, layout, action_horizon, action_dim,
                       n, hc.temperature, hc.get("first_step_weight", 1.0))
   else:
     module = dd_lib.DiscreteDiffusionModule(bb, state_dim, layout.action_start, tok.num_bins)
     h = dd_lib.DiscreteDiffusionHead(module, tok, layout, action_horizon, action_dim, hc.rounds,
-                                     hc.temperature, hc.remask_threshold)
+                                     hc.temperature, hc.remask_threshold,
+                                     hc.get("first_step_weight", 1.0))
   return Policy(head=h, action_tokenizer=tok, backbone_config=bb, **common_kw)
 
 

@@ -7,5 +7,7 @@
 * ``autoregressive`` + ``action_tokens``: binning / FAST tokens in the LM vocabulary, KV-cache
   decoding in ``lax.while_loop``, validity of decoded sequences.
 * ``discrete_diffusion``: masked binned tokens, cosine unmasking with re-masking.
+* ``hybrid``: HybridVLA, the flow and AR binning heads on one backbone with a confidence-gated
+  ensemble.
 * ``synthetic``: a tiny conditioned dataset for tests and benchmarks.
 """

@@ -192,21 +192,29 @@ class ARHead:
     allowed = (ids >= self.layout.action_start) | (ids == self.layout.special(EOS))
     return jnp.where(allowed, logits, -jnp.inf)
 
-  def _pick(self, logits: Array, key: Array, temperature: float) -> tuple[Array, Array]:
-    """``(next LM id int32 [B], its log-prob float32 [B])`` from logits [B, V] restricted to the
-    action block and EOS; greedy (log-prob 0) at ``temperature <= 0``."""
+  def _pick(self, logits: Array, key: Array,
+            temperature: float) -> tuple[Array, Array, Array]:
+    """``(next LM id int32 [B], its log-prob float32 [B], its probability at temperature 1
+    float32 [B])`` from logits [B, V] restricted to the action block and EOS; greedy (log-prob
+    0) at ``temperature <= 0``."""
     logits = self._masked_logits(logits)
     if temperature <= 0:
-      return jnp.argmax(logits, axis=-1).astype(jnp.int32), jnp.zeros(logits.shape[:1])
-    logp = jax.nn.log_softmax(logits / temperature, axis=-1)
-    token = jax.random.categorical(key, logits / temperature).astype(jnp.int32)
-    return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+      token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+      logp = jnp.zeros(logits.shape[:1])
+    else:
+      token = jax.random.categorical(key, logits / temperature).astype(jnp.int32)
+      logp = jnp.take_along_axis(jax.nn.log_softmax(logits / temperature, axis=-1),
+                                 token[:, None], axis=-1)[:, 0]
+    prob = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
+    return token, logp, prob
 
   def _decode(self, params, obs, rng, use_cache: bool,
-              temperature: float) -> tuple[Array, Array, Array]:
-    """Decodes ``(lm_ids int32 [B, n + 1], num_steps int32 [], log_prob float32 [B])``; after
-    its EOS a row is EOS. ``log_prob`` sums the picked tokens' log-probs up to and including the
-    first EOS (0 when greedy)."""
+              temperature: float) -> tuple[Array, Array, Array, Array]:
+    """Decodes ``(lm_ids int32 [B, n + 1], num_steps int32 [], log_prob float32 [B],
+    confidence float32 [B])``; after its EOS a row is EOS. ``log_prob`` sums the picked tokens'
+    log-probs up to and including the first EOS (0 when greedy); ``confidence`` is the mean
+    probability (masked distribution, temperature 1) of the picked action tokens before the
+    first EOS (HybridVLA's gate; 0 for a row with none)."""
     mod, n = self.module, self.max_tokens
     eos = self.layout.special(EOS)
     b = obs["obs_mask"].shape[0]
@@ -237,28 +245,31 @@ class ARHead:
       state = jnp.concatenate([first[:, None], out[:, :n]], axis=1)
 
     def cond(carry):
-      i, _, _, done, _, _ = carry
+      i, _, _, done = carry[:4]
       return (i < n + 1) & ~jnp.all(done)
 
     def body(carry):
-      i, token, out, done, state, log_prob = carry
+      i, token, out, done, state, log_prob, prob_sum = carry
       logits, state = logits_at(i, token, state)
-      picked, logp = self._pick(logits, jax.random.fold_in(rng, i), temperature)
+      picked, logp, prob = self._pick(logits, jax.random.fold_in(rng, i), temperature)
       nxt = jnp.where(done, eos, picked)
       log_prob = log_prob + jnp.where(done, 0.0, logp)  # Up to and including the first EOS.
+      prob_sum = prob_sum + jnp.where(done | (nxt == eos), 0.0, prob)  # Action tokens only.
       out = out.at[:, i].set(nxt)
       if not use_cache:  # The next input; at i = n the write clamps to the unused last slot.
         state = jax.lax.dynamic_update_slice_in_dim(state, nxt[:, None], i + 1, axis=1)
-      return i + 1, nxt, out, done | (nxt == eos), state, log_prob
+      return i + 1, nxt, out, done | (nxt == eos), state, log_prob, prob_sum
 
-    init = (jnp.int32(0), first, out, done, state, jnp.zeros((b,), jnp.float32))
-    i, _, out, _, _, log_prob = jax.lax.while_loop(cond, body, init)
-    return out, i, log_prob
+    zeros = jnp.zeros((b,), jnp.float32)
+    init = (jnp.int32(0), first, out, done, state, zeros, zeros)
+    i, _, out, _, _, log_prob, prob_sum = jax.lax.while_loop(cond, body, init)
+    count = jnp.sum(jnp.cumsum(out == eos, axis=1) == 0, axis=1)  # Tokens before the first EOS.
+    return out, i, log_prob, prob_sum / jnp.maximum(count, 1)
 
   def sample_tokens(self, params, obs, rng, use_cache: bool = True) -> tuple[Array, Array]:
     """Decodes ``(lm_ids int32 [B, n + 1], num_steps int32 [])`` at the head's temperature;
     after its EOS a row is EOS."""
-    out, steps, _ = self._decode(params, obs, rng, use_cache, self.temperature)
+    out, steps, _, _ = self._decode(params, obs, rng, use_cache, self.temperature)
     return out, steps
 
   def _actions(self, lm_ids: Array) -> tuple[Array, Array]:
@@ -276,10 +287,12 @@ class ARHead:
 
   def sample(self, params, obs, rng, use_cache: bool = True) -> dict[str, Array]:
     """``{"actions" [B, H, D] (NaN where invalid), "valid" [B], "tokens" [B, n+1] (LM ids),
-    "nfe" int32 [] (decoding steps run)}``."""
-    lm_ids, steps = self.sample_tokens(params, obs, rng, use_cache)
+    "confidence" float32 [B] (mean probability of the picked action tokens), "nfe" int32 []
+    (decoding steps run)}``."""
+    lm_ids, steps, _, confidence = self._decode(params, obs, rng, use_cache, self.temperature)
     actions, valid = self._actions(lm_ids)
-    return {"actions": actions, "valid": valid, "tokens": lm_ids, "nfe": steps}
+    return {"actions": actions, "valid": valid, "tokens": lm_ids, "confidence": confidence,
+            "nfe": steps}
 
   def sample_stochastic(self, params, obs, rng, temperature: float = 1.0,
                         use_cache: bool = True) -> dict[str, Array]:
@@ -291,7 +304,7 @@ class ARHead:
       []}``; ``log_prob`` equals :meth:`log_prob` of ``"sample"`` at the same temperature.
     """
     _check_temperature(temperature, "ARHead.sample_stochastic")
-    lm_ids, steps, log_prob = self._decode(params, obs, rng, use_cache, temperature)
+    lm_ids, steps, log_prob, _ = self._decode(params, obs, rng, use_cache, temperature)
     actions, valid = self._actions(lm_ids)
     return {"actions": actions, "valid": valid, "log_prob": log_prob,
             "sample": {"tokens": lm_ids}, "nfe": steps}

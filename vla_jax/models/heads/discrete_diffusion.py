@@ -135,6 +135,9 @@ class DiscreteDiffusionHead:
     module, tokenizer (a ``BinningTokenizer``), layout (1 special: MASK), horizon, action_dim.
     rounds: T decoding rounds; temperature: 0 = greedy candidates.
     remask_threshold: committed slots below this probability may be re-masked.
+    first_step_weight: the loss weight of the chunk's first step's D masked slots relative to
+      the others (1 = plain masked cross-entropy), as ``ARHead.first_step_weight``: the other
+      steps can be inferred from their neighbours, the first only from the observation.
   """
 
   module: DiscreteDiffusionModule
@@ -145,6 +148,7 @@ class DiscreteDiffusionHead:
   rounds: int = 12
   temperature: float = 0.0
   remask_threshold: float = 0.5
+  first_step_weight: float = 1.0
 
   def __post_init__(self):
     if not isinstance(self.tokenizer, binning.BinningTokenizer):
@@ -152,6 +156,9 @@ class DiscreteDiffusionHead:
                       f"{type(self.tokenizer).__name__}")
     if self.rounds < 1:
       raise ValueError(f"DiscreteDiffusionHead: rounds must be >= 1, got {self.rounds}")
+    if not self.first_step_weight >= 0:
+      raise ValueError(f"DiscreteDiffusionHead: first_step_weight={self.first_step_weight} "
+                       "must be >= 0")
 
   @property
   def num_tokens(self) -> int:
@@ -178,9 +185,11 @@ class DiscreteDiffusionHead:
     nll = -jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0]
     step_ok = jnp.repeat(batch["action_mask"], self.action_dim, axis=1)  # Time-major tokens.
     w = (masked & step_ok).astype(jnp.float32)
-    loss = jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
-    acc = jnp.sum((jnp.argmax(logits, -1) == ids) * w) / jnp.maximum(jnp.sum(w), 1.0)
-    return loss, {"masked_ce": loss, "token_accuracy": acc}
+    lw = w * jnp.where(jnp.arange(n) < self.action_dim, self.first_step_weight, 1.0)[None]
+    loss = jnp.sum(nll * lw) / jnp.maximum(jnp.sum(lw), 1.0)
+    count = jnp.maximum(jnp.sum(w), 1.0)  # The metrics stay unweighted.
+    acc = jnp.sum((jnp.argmax(logits, -1) == ids) * w) / count
+    return loss, {"masked_ce": jnp.sum(nll * w) / count, "token_accuracy": acc}
 
   def _decode(self, params, obs, rng, rounds: int | None, temperature: float,
               stochastic: bool) -> tuple[Array, ...]:
