@@ -20,6 +20,7 @@ image size and history window before anything is built.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -243,6 +244,12 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: st
     print_fn("[main] preempted: no final evaluation; rerun the same command to resume",
              flush=True)
     return ""
+  if not config.eval.num_episodes_per_task:
+    if jax.process_index() == 0:
+      write_results(workdir, config, result, timings, evals)
+    print_fn("[main] eval.num_episodes_per_task = 0: trained only, no final evaluation",
+             flush=True)
+    return ""
 
   t0 = time.time()
   params = distributed.local_copy(result.state.inference_params())  # Collective (see docstring).
@@ -260,6 +267,7 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: st
                     print_fn=print_fn)
   evals.append((result.step, final.mean_success))
   ms = evaluator.latency_ms(params)
+  chunk = evaluator.chunk_stats(params)
   timings["eval"] = time.time() - t0
   print_fn(f"[eval] {final.summary()}; {ms:.1f} ms per action chunk", flush=True)
 
@@ -301,8 +309,47 @@ def run_main_job(config: ml_collections.ConfigDict, workdir: str, *, command: st
   path = report.write_report(os.path.join(workdir, "report.md"),
                              title=f"vla_jax main job: {head} head", command=command,
                              config=config, sections=sections)
+  timings["total"] = total
+  write_results(workdir, config, result, timings, evals, final=final,
+                chunk={"latency_ms": ms, **chunk})
   print_fn(f"[report] {path}", flush=True)
   distributed.wait_for_all("vla_jax.main_job.report", WAIT_TIMEOUT_S)
+  return path
+
+
+RESULTS = "results.json"
+
+
+def write_results(workdir: str, config: ml_collections.ConfigDict, result: trainer.TrainResult,
+                  timings: dict[str, float], evals: list[tuple[int, float]],
+                  final: closed_loop.EvalResult | None = None,
+                  chunk: dict[str, float] | None = None) -> str:
+  """Writes ``<workdir>/results.json``: what the job measured, for scripts that compare runs
+  (``experiments/compare_heads.py``). Keys: ``head``, ``steps``, ``batch_size``, ``seconds``
+  (data / train / eval / total wall-clock [s]), ``history`` (the logged loss and steps/s),
+  ``dev_curve`` ([step, mean success] of the periodic dev evaluations), and after a final
+  evaluation ``final`` (block, per-task [successes, episodes], mean, totals) and ``chunk``
+  (latency_ms, nfe, tokens per action chunk)."""
+  doc = {
+      "head": config.policy.head + ("_fast" if config.policy.head == "ar"
+                                    and config.policy.ar.tokenizer == "fast" else ""),
+      "steps": result.step, "batch_size": config.train.batch_size,
+      "seconds": {k: round(v, 1) for k, v in timings.items()},
+      "history": [{k: float(h[k]) for k in ("step", "loss", "steps_per_s") if k in h}
+                  for h in result.history],
+      "dev_curve": [[int(s), float(v)] for s, v in (evals[:-1] if final is not None else evals)],
+  }
+  if final is not None:
+    doc["final"] = {"block": final.block, "mean": final.mean_success,
+                    "totals": list(final.totals),
+                    "per_task": {t: list(v) for t, v in final.per_task.items()}}
+  if chunk is not None:
+    doc["chunk"] = chunk
+  path = os.path.join(workdir, RESULTS)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(doc, f, indent=1)
+  os.replace(tmp, path)  # Never a half-written file.
   return path
 
 

@@ -209,12 +209,12 @@ class ARHead:
     return token, logp, prob
 
   def _decode(self, params, obs, rng, use_cache: bool,
-              temperature: float) -> tuple[Array, Array, Array, Array]:
+              temperature: float) -> tuple[Array, Array, Array, Array, Array]:
     """Decodes ``(lm_ids int32 [B, n + 1], num_steps int32 [], log_prob float32 [B],
-    confidence float32 [B])``; after its EOS a row is EOS. ``log_prob`` sums the picked tokens'
+    confidence float32 [B], num_tokens int32 [B])``; after its EOS a row is EOS. ``log_prob`` sums the picked tokens'
     log-probs up to and including the first EOS (0 when greedy); ``confidence`` is the mean
     probability (masked distribution, temperature 1) of the picked action tokens before the
-    first EOS (HybridVLA's gate; 0 for a row with none)."""
+    first EOS (HybridVLA's gate; 0 for a row with none); ``num_tokens`` counts those tokens."""
     mod, n = self.module, self.max_tokens
     eos = self.layout.special(EOS)
     b = obs["obs_mask"].shape[0]
@@ -264,12 +264,12 @@ class ARHead:
     init = (jnp.int32(0), first, out, done, state, zeros, zeros)
     i, _, out, _, _, log_prob, prob_sum = jax.lax.while_loop(cond, body, init)
     count = jnp.sum(jnp.cumsum(out == eos, axis=1) == 0, axis=1)  # Tokens before the first EOS.
-    return out, i, log_prob, prob_sum / jnp.maximum(count, 1)
+    return out, i, log_prob, prob_sum / jnp.maximum(count, 1), count.astype(jnp.int32)
 
   def sample_tokens(self, params, obs, rng, use_cache: bool = True) -> tuple[Array, Array]:
     """Decodes ``(lm_ids int32 [B, n + 1], num_steps int32 [])`` at the head's temperature;
     after its EOS a row is EOS."""
-    out, steps, _, _ = self._decode(params, obs, rng, use_cache, self.temperature)
+    out, steps, *_ = self._decode(params, obs, rng, use_cache, self.temperature)
     return out, steps
 
   def _actions(self, lm_ids: Array) -> tuple[Array, Array]:
@@ -287,12 +287,13 @@ class ARHead:
 
   def sample(self, params, obs, rng, use_cache: bool = True) -> dict[str, Array]:
     """``{"actions" [B, H, D] (NaN where invalid), "valid" [B], "tokens" [B, n+1] (LM ids),
-    "confidence" float32 [B] (mean probability of the picked action tokens), "nfe" int32 []
-    (decoding steps run)}``."""
-    lm_ids, steps, _, confidence = self._decode(params, obs, rng, use_cache, self.temperature)
+    "confidence" float32 [B] (mean probability of the picked action tokens), "num_tokens"
+    int32 [B] (action tokens before EOS), "nfe" int32 [] (decoding steps run)}``."""
+    lm_ids, steps, _, confidence, count = self._decode(params, obs, rng, use_cache,
+                                                       self.temperature)
     actions, valid = self._actions(lm_ids)
     return {"actions": actions, "valid": valid, "tokens": lm_ids, "confidence": confidence,
-            "nfe": steps}
+            "num_tokens": count, "nfe": steps}
 
   def sample_stochastic(self, params, obs, rng, temperature: float = 1.0,
                         use_cache: bool = True) -> dict[str, Array]:
@@ -304,7 +305,7 @@ class ARHead:
       []}``; ``log_prob`` equals :meth:`log_prob` of ``"sample"`` at the same temperature.
     """
     _check_temperature(temperature, "ARHead.sample_stochastic")
-    lm_ids, steps, log_prob, _ = self._decode(params, obs, rng, use_cache, temperature)
+    lm_ids, steps, log_prob, *_ = self._decode(params, obs, rng, use_cache, temperature)
     actions, valid = self._actions(lm_ids)
     return {"actions": actions, "valid": valid, "log_prob": log_prob,
             "sample": {"tokens": lm_ids}, "nfe": steps}

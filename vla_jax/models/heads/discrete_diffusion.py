@@ -248,10 +248,12 @@ class DiscreteDiffusionHead:
 
   def sample(self, params, obs, rng, rounds: int | None = None) -> dict[str, Array]:
     """T rounds of parallel decoding -> ``{"actions" [B, H, D], "valid" [B], "tokens" [B, n]
-    (bin ids), "nfe" int32 []}``."""
+    (bin ids), "num_tokens" int32 [B] (n), "nfe" int32 []}``."""
     ids, committed, _, _, t = self._decode(params, obs, rng, rounds, self.temperature, False)
     actions, valid = self._actions(ids, committed)
-    return {"actions": actions, "valid": valid, "tokens": ids, "nfe": jnp.asarray(t, jnp.int32)}
+    return {"actions": actions, "valid": valid, "tokens": ids,
+            "num_tokens": jnp.full(ids.shape[:1], ids.shape[1], jnp.int32),
+            "nfe": jnp.asarray(t, jnp.int32)}
 
   def sample_stochastic(self, params, obs, rng, temperature: float = 1.0,
                         rounds: int | None = None) -> dict[str, Array]:

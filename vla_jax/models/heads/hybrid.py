@@ -86,8 +86,9 @@ class HybridHead:
 
     Returns:
       ``{"actions" float32 [B, H, D], "valid" bool [B], "nfe" int32 [] (flow Euler steps plus AR
-      decoding steps run)}``; ``"ensemble"`` adds ``"ar_confidence"`` float32 [B] and
-      ``"ensembled"`` bool [B] (the average was taken); ``"ar"`` returns the AR head's output.
+      decoding steps run)}``; ``"ensemble"`` adds ``"ar_confidence"`` float32 [B],
+      ``"ensembled"`` bool [B] (the average was taken) and the AR part's ``"num_tokens"``;
+      ``"ar"`` returns the AR head's output.
     """
     mode = mode or self.mode
     if mode not in MODES:
@@ -103,4 +104,5 @@ class HybridHead:
     actions = jnp.where(ensembled[:, None, None], 0.5 * (out["actions"] + tok["actions"]),
                         out["actions"])
     return {"actions": actions, "valid": out["valid"], "nfe": out["nfe"] + tok["nfe"],
-            "ar_confidence": tok["confidence"], "ensembled": ensembled}
+            "ar_confidence": tok["confidence"], "ensembled": ensembled,
+            "num_tokens": tok["num_tokens"]}
