@@ -64,10 +64,10 @@ def test_claims_verdicts_follow_the_intervals():
   claims = compare_heads.claims(rows)
   by_paper = {c.split(" (")[0]: (v, m) for c, v, m in claims}
   assert len(claims) == 6
-  v, m = [x[1:] for x in claims if "fewer tokens" in x[0]][0]
+  v, m = next(x[1:] for x in claims if "fewer tokens" in x[0])
   assert v == "confirmed" and "3.2x fewer" in m  # 16 / 5 tokens
   # ar_fast 255/400 vs ar 200/400: intervals [58.9, 68.4] and [45.1, 54.9] do not overlap.
-  fast_learns = [x for x in claims if "learns faster" in x[0]][0]
+  fast_learns = next(x for x in claims if "learns faster" in x[0])
   assert fast_learns[1] == "confirmed" and "dev at half the budget 50% vs 20%" in fast_learns[2]
   v, m = by_paper["Discrete Diffusion VLA"]
   assert v == "contradicted" and "12 vs 17 network evaluations" in m and "(lower)" in m
