@@ -91,7 +91,8 @@ def test_report_from_results_files(tmp_path):
   rates = {"flow": 5.0, "ar": 2.0, "hybrid": 2.5}
   path = compare_heads.write_report(str(tmp_path), ["flow", "ar", "hybrid"], rates,
                                     compare_heads.plan_steps(rates, flow_steps=6000))
-  text = open(path).read()
+  with open(path) as f:
+    text = f.read()
   assert "| flow (pi0 expert, M = 4) | 100/100 | 55/100 | 82/100 | 97/100 | **83.5% [79.5, 86.8] " \
       "(n=400)** | 3 | 2.0 | 0.0 | 1000 | 10.0 |" in text, text
   assert "| AR binning | not run yet |" in text
