@@ -80,8 +80,10 @@ def test_claims_verdicts_follow_the_intervals():
 
 
 def test_report_from_results_files(tmp_path):
+  hybrid = _results((100, 60, 85, 97), nfe=20, tokens=16)
+  hybrid["chunk"]["ensembled"] = 0.25
   for name, res in {"flow": _results((100, 55, 82, 97), curve=[(1500, 0.5), (3000, 0.7)]),
-                    "hybrid": _results((100, 60, 85, 97), nfe=20, tokens=16)}.items():
+                    "hybrid": hybrid}.items():
     os.makedirs(tmp_path / name)
     (tmp_path / name / "results.json").write_text(json.dumps(res))
   for mode, succ in (("flow", (100, 50, 80, 97)), ("ar", (90, 5, 10, 80))):
@@ -94,8 +96,10 @@ def test_report_from_results_files(tmp_path):
   with open(path) as f:
     text = f.read()
   assert "| flow (pi0 expert, M = 4) | 100/100 | 55/100 | 82/100 | 97/100 | **83.5% [79.5, 86.8] " \
-      "(n=400)** | 3 | 2.0 | 0.0 | 1000 | 10.0 |" in text, text
+      "(n=400)** | 3 | 2.0 | 0.0 | 1000 | 3.3 | 10.0 |" in text, text
   assert "| AR binning | not run yet |" in text
+  assert "| hybrid (flow + AR binning, ensemble) (averaged on 25% of first chunks) | 100/100 |" \
+      in text
   assert "| hybrid, ar head alone | 90/100 | 5/100 | 10/100 | 80/100 |" in text
   assert "| hybrid, flow head alone |" in text and "(same run)" in text
   # HybridVLA: 342/400 vs 327/400 (inside the noise) and vs 185/400 (higher).

@@ -294,13 +294,17 @@ class Evaluator:
   def chunk_stats(self, params: Any, num_envs: int = 16) -> dict[str, float]:
     """What one action chunk costs, on the first steps of ``num_envs`` episodes: ``{"nfe":
     network evaluations per chunk (Euler / denoising steps, decoding steps or rounds; for a
-    hybrid both heads'), "tokens": mean action tokens per chunk (0 for continuous heads)}``."""
+    hybrid both heads'), "tokens": mean action tokens per chunk (0 for continuous heads)}``,
+    and for the hybrid's ensemble ``"ensembled"``: the share of chunks that averaged both heads."""
     adapter = self.adapter
     observation = self._first_observations(num_envs)
     out = jax.jit(lambda o, k, p: adapter.policy.sample(p, o, k, **adapter.sample_options))(
         observation, jax.random.PRNGKey(1), params)
-    tokens = float(np.mean(out["num_tokens"])) if "num_tokens" in out else 0.0
-    return {"nfe": float(out["nfe"]), "tokens": tokens}
+    stats = {"nfe": float(out["nfe"]),
+             "tokens": float(np.mean(out["num_tokens"])) if "num_tokens" in out else 0.0}
+    if "ensembled" in out:
+      stats["ensembled"] = float(np.mean(out["ensembled"]))
+    return stats
 
   def latency_ms(self, params: Any, repeats: int = 5) -> float:
     """Milliseconds per action chunk of one jitted ``policy.sample`` for one observation (what a

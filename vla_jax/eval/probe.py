@@ -38,8 +38,11 @@ def _shuffled(batch: dict, variant: str, rng: np.random.Generator) -> dict:
   return out
 
 
-def probe(loaded, num_batches: int, batch_size: int, seed: int = 0) -> dict[str, dict]:
-  """Probes ``loaded`` (a ``vla_jax.jobs.main_job.LoadedPolicy``) on ``num_batches`` batches.
+def probe(loaded, num_batches: int, batch_size: int, seed: int = 0,
+          sample_options: dict | None = None) -> dict[str, dict]:
+  """Probes ``loaded`` (a ``vla_jax.jobs.main_job.LoadedPolicy``) on ``num_batches`` batches;
+  ``sample_options`` are the head's static sampling options (e.g. ``{"rounds": 1}`` for
+  discrete diffusion, ``{"mode": "ar"}`` for the hybrid; default: the evaluation's).
 
   Returns:
     ``{variant: {"mae": float [D], "invalid": int, "n": int}}`` for the variants of
@@ -49,7 +52,8 @@ def probe(loaded, num_batches: int, batch_size: int, seed: int = 0) -> dict[str,
   it, _ = pipeline.make_eval_iterator(
       config.data, text_tokenizer=loaded.text_tokenizer, batch_size=batch_size,
       norm_stats={tabletop_demos.DATASET_NAME: loaded.norm_stats})
-  sample = jax.jit(loaded.policy.sample_actions)
+  options = dict(sample_options or {})
+  sample = jax.jit(lambda p, o, k: loaded.policy.sample(p, o, k, **options)["actions"])
   rng = np.random.default_rng(seed)
   firsts, preds = [], {v: [] for v in VARIANTS}
   for i, batch in enumerate(it):

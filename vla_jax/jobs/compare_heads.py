@@ -366,7 +366,8 @@ def write_report(workdir: str, names: Sequence[str], rates: Mapping[str, float],
   rows = collect_rows(workdir, names)
   tasks = next((list(r["final"]["per_task"]) for r in rows.values()), [])
   head = (["variant"] + tasks + ["mean (95% interval)", "NFE / chunk", "latency (ms)",
-                                 "tokens / chunk", "steps", "training (min)"])
+                                 "tokens / chunk", "steps", "training (min): calibrated",
+                                 "measured"])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name in [*names, *[f"hybrid:{m}" for m in HYBRID_PARTS]]:
     res = rows.get(name)
@@ -378,11 +379,16 @@ def write_report(workdir: str, names: Sequence[str], rates: Mapping[str, float],
       continue
     per_task = [f"{s}/{n}" for s, n in (res["final"]["per_task"][t] for t in tasks)]
     chunk = res.get("chunk", {})
+    if "ensembled" in chunk:
+      label += f" (averaged on {chunk['ensembled']:.0%} of first chunks)"
     train_s = res.get("seconds", {}).get("train")
+    calibrated = (f"{res['steps'] / rates[name] / 60:.1f}" if name in rates and train_s
+                  else "(same run)")
     lines.append("| " + " | ".join([
         label, *per_task, f"**{_rate(res)}**", f"{chunk.get('nfe', float('nan')):.0f}",
         f"{chunk.get('latency_ms', float('nan')):.1f}", f"{chunk.get('tokens', 0):.1f}",
-        str(res["steps"]), f"{train_s / 60:.1f}" if train_s else "(same run)"]) + " |")
+        str(res["steps"]), calibrated, f"{train_s / 60:.1f}" if train_s else "(same run)"])
+                 + " |")
   claim_lines = ["| claim | verdict | measured |", "|---|---|---|"]
   claim_lines += [f"| {c} | {v} | {m} |" for c, v, m in claims(rows)]
   curve = plot_learning_curves(rows, rates, os.path.join(workdir, "learning_curves.png"))
@@ -397,8 +403,9 @@ def write_report(workdir: str, names: Sequence[str], rates: Mapping[str, float],
       f"the `{block}` seed block (successes / episodes per task; mean with its 95% Wilson "
       "interval). NFE: network evaluations per action chunk (Euler or denoising steps, decoding "
       "steps, refinement rounds; a hybrid runs both heads). Latency: one jitted chunk for one "
-      "observation on this machine's CPU. Training minutes are measured (periodic evaluations "
-      "excluded); runs that shared the machine take longer.", "",
+      "observation on this machine's CPU. Training minutes: calibrated = steps / calibrated rate "
+      "(what the budget gives every variant); measured = this run's training wall-clock "
+      "(periodic evaluations excluded), longer when the machine was shared.", "",
       "\n".join(lines), "",
       f"![learning curves]({os.path.basename(curve)})", "",
       "## The seed papers' claims on our tasks", "",
