@@ -48,6 +48,11 @@ def default_rl_config() -> ml_collections.ConfigDict:
       per-step noise, not x_0 (it has no parameters), so the step noise must account for a
       real share of the action spread (micro reach, colabs/rl_finetune.ipynb: no learning with
       x_0 at 1 and steps at 0.1, a 3-4x return gain with 0.1 and 0.3).
+    learn_noise_std: flow head, exact likelihood: the Euler-step noise std is a parameter, one
+      per action dimension, starting at ``sample_options.flow.noise_std`` and trained by the
+      policy loss inside ``noise_std_bounds`` (ReinFlow's bounded learnable noise, Zhang et al.
+      2025, in its state-independent form; ``vla_jax.rl.noise_std``). False: the fixed std.
+    noise_std_bounds: (min, max) of the learned std, normalized action units.
     fpo_samples: (noise, time) pairs per decision for ``likelihood="fpo"``.
     replan_every: control steps between decisions during RL (0 = the evaluation's
       ``eval.replan_every``). With receding-horizon evaluation (1), each decision's
@@ -83,6 +88,8 @@ def default_rl_config() -> ml_collections.ConfigDict:
           "ar": {"temperature": 1.0},
           "discrete_diffusion": {"temperature": 1.0},
       }),
+      "learn_noise_std": False,
+      "noise_std_bounds": (0.02, 0.5),
       "fpo_samples": 4,
       "replan_every": 0,
       "done_on_success": True,
@@ -104,6 +111,9 @@ def check_rl_config(rl: ml_collections.ConfigDict, head: str) -> None:
   if rl.likelihood == "exact" and head not in rl.sample_options:
     raise ValueError(f"rl.sample_options has no entry for the checkpoint's '{head}' head (it "
                      f"has {sorted(rl.sample_options)}); add rl.sample_options.{head}")
+  if rl.get("learn_noise_std", False) and (head != "flow" or rl.likelihood != "exact"):
+    raise ValueError(f"rl.learn_noise_std needs the flow head with rl.likelihood='exact' (the "
+                     f"Flow-Noise chain); got head '{head}', likelihood '{rl.likelihood}'")
   if rl.reward not in REWARDS:
     raise ValueError(f"rl.reward='{rl.reward}' not in {REWARDS}")
   for key in ("group_size", "num_groups", "updates_per_iteration", "decisions_per_update",

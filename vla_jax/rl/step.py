@@ -37,6 +37,7 @@ from jax.sharding import Mesh
 from vla_jax.envs import rollout as rollout_lib
 from vla_jax.envs.tabletop import TabletopEnv
 from vla_jax.rl import collect, grpo, ppo
+from vla_jax.rl import noise_std as noise_lib
 from vla_jax.rl import value as value_lib
 from vla_jax.training import sharding as sharding_lib
 from vla_jax.training import train_step as step_lib
@@ -67,7 +68,13 @@ class RLStepBuilder:
     if rl.algorithm == "ppo" and adapter.replan_every != 1:
       raise ValueError(f"rl.algorithm='ppo' needs a decision at every control step (GAE over "
                        f"steps); the adapter replans every {adapter.replan_every}")
-    if rl.likelihood == "exact":  # The options of this head (rl.sample_options.<head>).
+    if rl.get("learn_noise_std", False):  # Flow-Noise with the std from the params.
+      options = dict(rl.sample_options[policy.config.head])
+      options.pop("noise_std")  # The starting value (initial_params).
+      bounds = tuple(rl.noise_std_bounds)
+      sample_fn = functools.partial(_with_learned_std, policy.sample_stochastic, options, bounds)
+      self.log_prob = functools.partial(_with_learned_std, policy.log_prob, options, bounds)
+    elif rl.likelihood == "exact":  # The options of this head (rl.sample_options.<head>).
       options = dict(rl.sample_options[policy.config.head])
       sample_fn = functools.partial(policy.sample_stochastic, **options)
       self.log_prob = functools.partial(policy.log_prob, **options)
@@ -94,14 +101,19 @@ class RLStepBuilder:
     return lambda state, batch: jitted(state, batch, self.ref_params)
 
   def initial_params(self, rng: jax.Array, example_observation: dict) -> Any:
-    """The policy's init params, plus the critic's (:data:`value.VALUE_KEY`) for PPO."""
-    if self.rl.algorithm != "ppo":
-      return self.policy.init(rng, example_observation)
+    """The policy's init params, plus the critic's (:data:`value.VALUE_KEY`) for PPO and the
+    learned noise std's (:data:`noise_std.NOISE_KEY`) with ``rl.learn_noise_std``."""
     policy_rng, value_rng = jax.random.split(rng)
     params = self.policy.init(policy_rng, example_observation)
-    width = self.policy.backbone_config.llm.width
-    return {**params, value_lib.VALUE_KEY: value_lib.init_value_params(
-        value_rng, width, self.rl.value_hidden)}
+    if self.rl.algorithm == "ppo":
+      width = self.policy.backbone_config.llm.width
+      params[value_lib.VALUE_KEY] = value_lib.init_value_params(value_rng, width,
+                                                                self.rl.value_hidden)
+    if self.rl.get("learn_noise_std", False):
+      params[noise_lib.NOISE_KEY] = noise_lib.init_noise_params(
+          self.rl.sample_options.flow.noise_std, self.policy.action_dim,
+          tuple(self.rl.noise_std_bounds))
+    return params
 
   def value(self, params, observation: dict) -> jax.Array:
     """float32 [B]: the critic's V(observation) (PPO)."""
@@ -202,6 +214,8 @@ class RLStepBuilder:
         rollout_log_prob=jnp.sum(jnp.where(decided, extras["log_prob"], 0.0))
         / jnp.maximum(decided.sum(), 1),
         param_norm=optax.tree.norm(params), learning_rate=schedule(state.step))
+    if rl.get("learn_noise_std", False):  # Mean over action dimensions, after the update.
+      metrics["noise_std"] = jnp.mean(noise_lib.noise_std(params, tuple(rl.noise_std_bounds)))
     metrics = jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -226,6 +240,8 @@ class RLStepBuilder:
       loss = loss + rl.value_coef * value_loss
       metrics["value_loss"] = value_loss
     if ref_params is not None and new_lp is not None:
+      if noise_lib.NOISE_KEY in params:  # The reference's chain with the current std: the KL
+        ref_params = {**ref_params, noise_lib.NOISE_KEY: params[noise_lib.NOISE_KEY]}  # of flows.
       kl = grpo.k3_kl(new_lp, jax.lax.stop_gradient(self.log_prob(ref_params, obs, mb["sample"])),
                       weights)
       loss = loss + rl.kl_coef * kl
@@ -238,6 +254,13 @@ def _episode_returns(traj: dict, reward: str) -> jax.Array:
   if reward == "success":
     return traj["success"][-1].astype(jnp.float32)
   return jnp.sum(jnp.where(traj["valid"], traj["reward"], 0.0), axis=0)
+
+
+def _with_learned_std(fn, options: dict, bounds: tuple[float, float], params, observation,
+                      *args) -> Any:
+  """``fn(params, observation, *args, noise_std=<the params' std [D]>, **options)``: the flow
+  head's ``sample_stochastic`` or ``log_prob`` with the learned std (:mod:`noise_std`)."""
+  return fn(params, observation, *args, noise_std=noise_lib.noise_std(params, bounds), **options)
 
 
 def _with_value(sample_fn, value_fn, params, observation, key) -> dict:

@@ -239,17 +239,25 @@ class FlowHead:
     x, _ = jax.lax.scan(step, x, jnp.arange(n, dtype=jnp.float32))
     return {"actions": x[:, 0], "valid": jnp.ones((b,), bool), "nfe": jnp.asarray(n, jnp.int32)}
 
-  def _check_stochastic(self, num_steps, noise_std, temperature) -> tuple[int, float, float]:
+  def _check_stochastic(self, num_steps, noise_std, temperature):
+    """``(K, noise_std, temperature)``; ``noise_std`` is a float or an array [D] (a learned std,
+    possibly traced: then its positivity is the caller's, e.g. ``vla_jax.rl.noise_std``)."""
     n = int(num_steps or self.num_steps)
     temp = self.noise_temperature if temperature is None else float(temperature)
     if n < 1:
       raise ValueError(f"FlowHead: num_steps must be >= 1, got {n}")
-    if not noise_std > 0:
-      raise ValueError(f"FlowHead: noise_std must be > 0 for an exact likelihood, got {noise_std}")
+    if isinstance(noise_std, (int, float)):
+      if not noise_std > 0:
+        raise ValueError(f"FlowHead: noise_std must be > 0 for an exact likelihood, got "
+                         f"{noise_std}")
+      noise_std = float(noise_std)
+    elif jnp.shape(noise_std) not in ((), (self.module.action_dim,)):
+      raise ValueError(f"FlowHead: noise_std must be a scalar or [D={self.module.action_dim}], "
+                       f"got shape {jnp.shape(noise_std)}")
     if not temp > 0:
       raise ValueError(f"FlowHead: noise_temperature must be > 0 for an exact likelihood, got "
                        f"{temp}")
-    return n, float(noise_std), temp
+    return n, noise_std, temp
 
   def sample_stochastic(self, params, obs, rng, num_steps: int | None = None,
                         noise_std: float = 0.1, noise_temperature: float | None = None,
@@ -258,7 +266,8 @@ class FlowHead:
 
     Args:
       num_steps: K Euler steps (static; default ``self.num_steps``).
-      noise_std: std of the noise added after every step, normalized action units (> 0).
+      noise_std: std of the noise added after every step, normalized action units (> 0): a
+        float, or float32 [D] per action dimension (a learned std, ``vla_jax.rl.noise_std``).
       noise_temperature: std of x_0 (> 0; default ``self.noise_temperature``).
       scored_actions: the returned ``log_prob`` sums the step terms of the chunk's first this
         many actions only (None = all H; see :meth:`log_prob`).
@@ -308,7 +317,7 @@ class FlowHead:
     return int(scored_actions)
 
   @staticmethod
-  def _chain_log_prob(chain: Array, velocities: Array, n: int, std: float, temp: float,
+  def _chain_log_prob(chain: Array, velocities: Array, n: int, std, temp: float,
                       scored: int) -> Array:
     """Sum of the chain's Gaussian log-densities float32 [B] (x_0's and the step terms of the
     first ``scored`` actions)."""
@@ -347,7 +356,8 @@ class FlowHead:
                              method=FlowModule.cfm_losses)
 
 
-def _std_normal_logpdf(z: Array, std: float) -> Array:
-  """log N(x; mean, std^2) summed over every axis but the first, from ``z = (x - mean) / std``."""
-  per = -0.5 * jnp.square(z) - math.log(std) - 0.5 * math.log(2 * math.pi)
+def _std_normal_logpdf(z: Array, std) -> Array:
+  """log N(x; mean, std^2) summed over every axis but the first, from ``z = (x - mean) / std``;
+  ``std`` a float or an array broadcasting against the last axis (D)."""
+  per = -0.5 * jnp.square(z) - jnp.log(std) - 0.5 * math.log(2 * math.pi)
   return jnp.sum(per, axis=tuple(range(1, z.ndim)))
