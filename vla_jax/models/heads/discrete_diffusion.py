@@ -55,15 +55,35 @@ MASK = 0  # Special id index in the layout.
 
 
 class DiscreteDiffusionModule(nn.Module):
-  """Backbone whose LM denoises masked action tokens; one-shot methods."""
+  """Backbone whose LM denoises masked action tokens; one-shot methods.
+
+  ``num_slots`` > 0 adds a learned embedding per token slot (float [n, W], MaskGIT's position
+  embedding) to the slots' token embeddings: in a mostly masked chunk every slot's input is the
+  same MASK embedding, so without it a slot knows which step and action dimension it predicts
+  only through RoPE's relative positions.
+  """
 
   backbone_config: vlm.VLMConfig
   state_dim: int
   action_start: int
   num_bins: int
+  num_slots: int = 0
 
   def setup(self):
     self.backbone = common.Backbone(self.backbone_config, (), self.state_dim)
+    if self.num_slots:
+      self.slot_embedding = self.param("slot_embedding", nn.initializers.normal(1.0),
+                                       (self.num_slots, self.backbone_config.llm.width))
+
+  def _embed_slots(self, tokens: Array) -> Array:
+    """int [B, n] LM ids -> [B, n, W]: token embeddings (+ the slot embeddings)."""
+    emb = self.backbone.embed_tokens(tokens)
+    if self.num_slots:
+      if tokens.shape[1] != self.num_slots:
+        raise ValueError(f"DiscreteDiffusionModule: {tokens.shape[1]} token slots, the slot "
+                         f"embedding has {self.num_slots}")
+      emb = emb + self.slot_embedding.astype(emb.dtype)[None]
+    return emb
 
   def _bin_logits(self, hidden: Array) -> Array:
     logits = self.backbone.logits(hidden)
@@ -74,7 +94,7 @@ class DiscreteDiffusionModule(nn.Module):
     emb, prefix_mask = self.backbone.embed_prefix(obs)
     b, p = prefix_mask.shape
     n = tokens.shape[1]
-    x = jnp.concatenate([emb, self.backbone.embed_tokens(tokens).astype(emb.dtype)], axis=1)
+    x = jnp.concatenate([emb, self._embed_slots(tokens).astype(emb.dtype)], axis=1)
     mask = jnp.concatenate([prefix_mask, jnp.ones((b, n), bool)], axis=1)
     ar = jnp.zeros((b, p + n), jnp.int32).at[:, p].set(1)
     positions = jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1
@@ -90,7 +110,7 @@ class DiscreteDiffusionModule(nn.Module):
     n = tokens.shape[1]
     positions = common.suffix_positions(prefix_mask, n)
     mask = common.suffix_mask(prefix_mask, jnp.zeros((n,), jnp.int32))
-    hidden = self.backbone.run_suffix([self.backbone.embed_tokens(tokens)], prefix_mask,
+    hidden = self.backbone.run_suffix([self._embed_slots(tokens)], prefix_mask,
                                       positions, mask, cache)[0]
     return self._bin_logits(hidden)
 
