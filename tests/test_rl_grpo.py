@@ -1,5 +1,7 @@
 """GRPO's math on hand-made groups, the clipped surrogate, and the RL start states."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,11 +187,11 @@ def test_learned_noise_std_is_scored_exactly_and_trained_by_the_surrogate():
   history["state"] = jax.random.normal(jax.random.key(0), history["state"].shape)
   obs = adapter.observation(history, jnp.arange(n) % len(env.instructions))
   params = builder.initial_params(jax.random.key(1), obs)
-  bounds = tuple(rl.noise_std_bounds)
-  np.testing.assert_allclose(noise_lib.noise_std(params, bounds), [0.2] * env.action_dim,
-                             rtol=1e-5)
+  std_fn = functools.partial(noise_lib.noise_std, bounds=tuple(rl.noise_std_bounds),
+                             lr_scale=rl.noise_std_lr_scale)
+  np.testing.assert_allclose(std_fn(params), [0.2] * env.action_dim, rtol=1e-5)
   out = jax.jit(lambda p: rl_step._with_learned_std(  # pylint: disable=protected-access
-      policy.sample_stochastic, {}, bounds, p, obs, jax.random.key(2)))(params)
+      policy.sample_stochastic, {}, std_fn, p, obs, jax.random.key(2)))(params)
   np.testing.assert_allclose(jax.jit(builder.log_prob)(params, obs, out["sample"]),
                              out["log_prob"], rtol=1e-5, atol=1e-3)
   logp = np.asarray(out["log_prob"])
@@ -198,9 +200,9 @@ def test_learned_noise_std_is_scored_exactly_and_trained_by_the_surrogate():
   grad = jax.jit(jax.grad(lambda p: builder._loss(  # pylint: disable=protected-access
       p, params, None, obs, mb, jnp.ones((n,)), jax.random.key(3))[0]))
   p = params
-  for _ in range(3):
-    p = jax.tree.map(lambda w, g: w - 0.5 * g, p, grad(p))
-  std = np.asarray(noise_lib.noise_std(p, bounds))
+  for _ in range(3):  # Plain gradient steps (lr_scale multiplies this gradient by 100^2).
+    p = jax.tree.map(lambda w, g: w - 1e-4 * g, p, grad(p))
+  std = np.asarray(std_fn(p))
   assert (std < 0.2).all() and (std >= 0.05).all(), std
   with pytest.raises(ValueError, match="learn_noise_std needs the flow head"):
     rl_config_lib.check_rl_config(rl, "ar")

@@ -53,6 +53,8 @@ def default_rl_config() -> ml_collections.ConfigDict:
       policy loss inside ``noise_std_bounds`` (ReinFlow's bounded learnable noise, Zhang et al.
       2025, in its state-independent form; ``vla_jax.rl.noise_std``). False: the fixed std.
     noise_std_bounds: (min, max) of the learned std, normalized action units.
+    noise_std_lr_scale: the learned std's learning rate relative to the policy's (100: with
+      Adam at 1e-4 its squashed logit then moves by up to ~0.01 per update).
     fpo_samples: (noise, time) pairs per decision for ``likelihood="fpo"``.
     replan_every: control steps between decisions during RL (0 = the evaluation's
       ``eval.replan_every``). With receding-horizon evaluation (1), each decision's
@@ -90,6 +92,7 @@ def default_rl_config() -> ml_collections.ConfigDict:
       }),
       "learn_noise_std": False,
       "noise_std_bounds": (0.02, 0.5),
+      "noise_std_lr_scale": 100.0,
       "fpo_samples": 4,
       "replan_every": 0,
       "done_on_success": True,

@@ -71,9 +71,10 @@ class RLStepBuilder:
     if rl.get("learn_noise_std", False):  # Flow-Noise with the std from the params.
       options = dict(rl.sample_options[policy.config.head])
       options.pop("noise_std")  # The starting value (initial_params).
-      bounds = tuple(rl.noise_std_bounds)
-      sample_fn = functools.partial(_with_learned_std, policy.sample_stochastic, options, bounds)
-      self.log_prob = functools.partial(_with_learned_std, policy.log_prob, options, bounds)
+      std = functools.partial(noise_lib.noise_std, bounds=tuple(rl.noise_std_bounds),
+                              lr_scale=rl.noise_std_lr_scale)
+      sample_fn = functools.partial(_with_learned_std, policy.sample_stochastic, options, std)
+      self.log_prob = functools.partial(_with_learned_std, policy.log_prob, options, std)
     elif rl.likelihood == "exact":  # The options of this head (rl.sample_options.<head>).
       options = dict(rl.sample_options[policy.config.head])
       sample_fn = functools.partial(policy.sample_stochastic, **options)
@@ -112,7 +113,7 @@ class RLStepBuilder:
     if self.rl.get("learn_noise_std", False):
       params[noise_lib.NOISE_KEY] = noise_lib.init_noise_params(
           self.rl.sample_options.flow.noise_std, self.policy.action_dim,
-          tuple(self.rl.noise_std_bounds))
+          tuple(self.rl.noise_std_bounds), self.rl.noise_std_lr_scale)
     return params
 
   def value(self, params, observation: dict) -> jax.Array:
@@ -215,7 +216,8 @@ class RLStepBuilder:
         / jnp.maximum(decided.sum(), 1),
         param_norm=optax.tree.norm(params), learning_rate=schedule(state.step))
     if rl.get("learn_noise_std", False):  # Mean over action dimensions, after the update.
-      metrics["noise_std"] = jnp.mean(noise_lib.noise_std(params, tuple(rl.noise_std_bounds)))
+      metrics["noise_std"] = jnp.mean(noise_lib.noise_std(params, tuple(rl.noise_std_bounds),
+                                                          rl.noise_std_lr_scale))
     metrics = jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), metrics)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -256,11 +258,10 @@ def _episode_returns(traj: dict, reward: str) -> jax.Array:
   return jnp.sum(jnp.where(traj["valid"], traj["reward"], 0.0), axis=0)
 
 
-def _with_learned_std(fn, options: dict, bounds: tuple[float, float], params, observation,
-                      *args) -> Any:
-  """``fn(params, observation, *args, noise_std=<the params' std [D]>, **options)``: the flow
-  head's ``sample_stochastic`` or ``log_prob`` with the learned std (:mod:`noise_std`)."""
-  return fn(params, observation, *args, noise_std=noise_lib.noise_std(params, bounds), **options)
+def _with_learned_std(fn, options: dict, std_fn, params, observation, *args) -> Any:
+  """``fn(params, observation, *args, noise_std=std_fn(params), **options)``: the flow head's
+  ``sample_stochastic`` or ``log_prob`` with the learned std [D] (:mod:`noise_std`)."""
+  return fn(params, observation, *args, noise_std=std_fn(params), **options)
 
 
 def _with_value(sample_fn, value_fn, params, observation, key) -> dict:
