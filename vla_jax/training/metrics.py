@@ -10,8 +10,9 @@ import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
-# Metrics added to the progress line when a step function reports them (RL's rollout success).
-SHOWN_IF_PRESENT = ("rollout_success",)
+# Metrics added to the progress line when a step function reports them (RL's rollout success
+# and, with rl.learn_noise_std, the learned Flow-Noise std).
+SHOWN_IF_PRESENT = ("rollout_success", "noise_std")
 
 
 # Metrics that stop the loop when NaN/inf (besides the loss and gradient norm) when a step
