@@ -68,7 +68,8 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
       MLP-ResNet; "expert": pi0's action expert predicting epsilon, shaped by ``flow``'s
       expert_width / expert_mlp_dim), prediction ("epsilon" | "v": the denoiser's target).
     ar: tokenizer ("binning" | "fast"), num_bins, max_fast_tokens, temperature (0 = greedy),
-      first_step_weight (binning: loss weight of the chunk's first step's tokens; 1 = plain).
+      first_step_weight (binning: loss weight of the chunk's first step's tokens; 1 = plain),
+      slot_embedding (a learned embedding per suffix slot; False = RoPE positions only).
     discrete_diffusion: num_bins, rounds (12), temperature, remask_threshold,
       first_step_weight (loss weight of the chunk's first step's masked slots; 1 = plain),
       slot_embedding (a learned embedding per token slot, default; False = RoPE positions
@@ -100,7 +101,7 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
                     "sampler": "ddim", "num_steps": 10, "num_noise_samples": 1,
                     "clip_sample": 1.0, "denoiser": "mlp", "prediction": "epsilon"},
       "ar": {"tokenizer": "binning", "num_bins": 256, "max_fast_tokens": 64,
-             "temperature": 0.0, "first_step_weight": 1.0},
+             "temperature": 0.0, "first_step_weight": 1.0, "slot_embedding": False},
       "discrete_diffusion": {"num_bins": 256, "rounds": 12, "temperature": 0.0,
                              "remask_threshold": 0.5, "first_step_weight": 1.0,
                              "slot_embedding": True},
@@ -310,8 +311,9 @@ def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_ho
   bb = dataclasses.replace(bb, llm=dataclasses.replace(bb.llm, vocab_size=layout.vocab_size))
   if head == "hybrid":
     n = action_tokens.max_tokens(tok, action_horizon, hc.max_fast_tokens)
-    ar = ar_lib.ARHead(ar_lib.ARModule(bb, state_dim), tok, layout, action_horizon, action_dim,
-                       n, hc.temperature, hc.get("first_step_weight", 1.0))
+    ar = ar_lib.ARHead(ar_lib.ARModule(bb, state_dim, (n + 1) * hc.get("slot_embedding", False)),
+                       tok, layout, action_horizon, action_dim, n, hc.temperature,
+                       hc.get("first_step_weight", 1.0))
     fc = config.flow
     expert = dataclasses.replace(bb.llm, width=fc.expert_width, mlp_dim=fc.expert_mlp_dim,
                                  vocab_size=0)
@@ -321,8 +323,9 @@ def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_ho
     h = hybrid_lib.HybridHead(fh, ar, yc.ar_loss_weight, yc.threshold, yc.mode)
   elif head == "ar":
     n = action_tokens.max_tokens(tok, action_horizon, hc.max_fast_tokens)
-    h = ar_lib.ARHead(ar_lib.ARModule(bb, state_dim), tok, layout, action_horizon, action_dim,
-                      n, hc.temperature, hc.get("first_step_weight", 1.0))
+    h = ar_lib.ARHead(ar_lib.ARModule(bb, state_dim, (n + 1) * hc.get("slot_embedding", False)),
+                      tok, layout, action_horizon, action_dim, n, hc.temperature,
+                      hc.get("first_step_weight", 1.0))
   else:
     module = dd_lib.DiscreteDiffusionModule(
         bb, state_dim, layout.action_start, tok.num_bins,

@@ -55,20 +55,36 @@ BOA, EOS = 0, 1  # Special ids of the layout (begin-of-action, end-of-sequence).
 
 
 class ARModule(nn.Module):
-  """Backbone whose LM predicts action tokens; one-shot methods (loops in :class:`ARHead`)."""
+  """Backbone whose LM predicts action tokens; one-shot methods (loops in :class:`ARHead`).
+
+  ``num_slots`` > 0 adds a learned embedding per suffix slot (float [num_slots, W]; slot 0 is
+  BOA) to the input tokens' embeddings, as the discrete diffusion head's: which chunk step and
+  action dimension a slot predicts is then an input, not only a RoPE position.
+  """
 
   backbone_config: vlm.VLMConfig
   state_dim: int
+  num_slots: int = 0
 
   def setup(self):
     self.backbone = common.Backbone(self.backbone_config, (), self.state_dim)
+    if self.num_slots:
+      self.slot_embedding = self.param("slot_embedding", nn.initializers.normal(1.0),
+                                       (self.num_slots, self.backbone_config.llm.width))
+
+  def _embed(self, tokens: Array, slots: Array) -> Array:
+    """int [B, L] LM ids at suffix slots ``slots`` int [L] -> [B, L, W]."""
+    emb = self.backbone.embed_tokens(tokens)
+    if self.num_slots:
+      emb = emb + jnp.take(self.slot_embedding, slots, axis=0).astype(emb.dtype)[None]
+    return emb
 
   def sequence_logits(self, obs: Mapping[str, Array], inputs: Array) -> Array:
     """Joint pass over ``[prefix | inputs]`` (causal suffix) -> logits float32 [B, Ls, V]."""
     emb, prefix_mask = self.backbone.embed_prefix(obs)
     b, p = prefix_mask.shape
     ls = inputs.shape[1]
-    tokens = self.backbone.embed_tokens(inputs).astype(emb.dtype)
+    tokens = self._embed(inputs, jnp.arange(ls)).astype(emb.dtype)
     mask = jnp.concatenate([prefix_mask, jnp.ones((b, ls), bool)], axis=1)
     ar = jnp.concatenate([jnp.zeros((b, p), jnp.int32), jnp.ones((b, ls), jnp.int32)], axis=1)
     positions = jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1
@@ -80,10 +96,11 @@ class ARModule(nn.Module):
     _, mask, cache = self.backbone.run_prefix(obs)
     return mask, cache
 
-  def decode_step(self, token: Array, position: Array, key_mask: Array, cache: dict):
-    """One cached step: token int [B], position int [B], key_mask bool [B, S_max] ->
-    ``(logits float32 [B, V], cache)``."""
-    emb = self.backbone.embed_tokens(token[:, None])
+  def decode_step(self, token: Array, position: Array, key_mask: Array, cache: dict,
+                  slot: Array | int = 0):
+    """One cached step: token int [B] at suffix slot ``slot`` int [], position int [B],
+    key_mask bool [B, S_max] -> ``(logits float32 [B, V], cache)``."""
+    emb = self._embed(token[:, None], jnp.reshape(slot, (1,)))
     (hidden,), cache = self.backbone.vlm([emb], position[:, None], key_mask[:, None, :], cache)
     return self.backbone.logits(hidden[:, 0]), cache
 
@@ -231,7 +248,7 @@ class ARHead:
       def logits_at(i, token, state):
         cache, keys = state
         keys = keys.at[:, p + i].set(True)
-        logits, cache = mod.apply({"params": params}, token, start + i, keys, cache,
+        logits, cache = mod.apply({"params": params}, token, start + i, keys, cache, i,
                                   method=ARModule.decode_step)
         return logits, (cache, keys)
 

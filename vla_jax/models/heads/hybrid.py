@@ -72,8 +72,12 @@ class HybridHead:
     return self.flow.module
 
   def init(self, rng: Array, batch: Mapping[str, Array]):
-    """The flow head's params: the AR head's tree is the same without the action expert."""
-    return self.flow.init(rng, batch)
+    """The flow head's params (the AR head's backbone is the same tree without the action
+    expert), plus the AR head's own top-level params (its slot embedding, if any)."""
+    flow_rng, ar_rng = jax.random.split(rng)
+    params = self.flow.init(flow_rng, batch)
+    own = {k: v for k, v in self.ar.init(ar_rng, batch).items() if k not in params}
+    return {**params, **own}
 
   def loss(self, params, batch, rng):
     flow_loss, flow_metrics = self.flow.loss(params, batch, rng)
