@@ -15,7 +15,8 @@ Expected (2026-12-02, fresh clone, 2-core CPU machine): 83.5% [79.5, 86.8] mean 
 idle machine (31.8 min with another process sharing the cores; the same checkpoint both times).
 
 Other heads at 6000 steps (dev block, n = 200, 2026-12-07): diffusion 78.0% [71.8, 83.2], ar
-55.5% [48.6, 62.2] (docs/experiments/heads.md).
+55.5% [48.6, 62.2]; discrete_diffusion 14.0% [8.5, 22.1] at 2000 steps (n = 100). Every head
+side by side at equal wall-clock: experiments/compare_heads.py (docs/experiments/heads.md).
 History of what was tried and measured: docs/experiments/vla_tiny.md.
 """
 
