@@ -202,6 +202,11 @@ def run_comparison(workdir: str, names: Sequence[str] = DEFAULT, *, flow_steps: 
                                eval_every=max(1, steps[name] // 4), data_root=data_root),
                  os.path.join(run_dir, "log.txt"), print_fn)
       done = load_json(os.path.join(run_dir, RESULTS))
+      if not (done and "final" in done):  # Preempted (SIGTERM): its checkpoint is saved.
+        path = write_report(workdir, names, rates, steps)
+        print_fn(f"[compare] {name} stopped before its final evaluation; the report so far: "
+                 f"{path}. Rerun the same command to resume.", flush=True)
+        return path
     print_fn(f"[compare] {name}: {_summary(done)}", flush=True)
     if name == "hybrid":
       evaluate_hybrid_parts(run_dir, eval_episodes, print_fn)
