@@ -21,7 +21,7 @@ import os
 from absl import app, flags
 
 from vla_jax import console
-from vla_jax.jobs import compare_heads
+from vla_jax.jobs import compare_heads, compare_report
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/compare_heads",
                                "One subdirectory per variant; compare_heads.md goes here.")
@@ -49,11 +49,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   workdir = os.path.abspath(_WORKDIR.value)
   if _REPORT_ONLY.value:
-    rates = compare_heads.load_json(os.path.join(workdir, "calibration.json")) or {}
+    rates = compare_report.load_json(os.path.join(workdir, "calibration.json")) or {}
     rates = {n: r for n, r in rates.items() if n in _HEADS.value}
     steps = compare_heads.plan_steps(rates, flow_steps=_FLOW_STEPS.value,
                                      train_minutes=_TRAIN_MINUTES.value) if rates else {}
-    print(compare_heads.write_report(workdir, _HEADS.value, rates, steps), flush=True)
+    print(compare_report.write_report(workdir, _HEADS.value, compare_heads.labels(), rates,
+                                      steps), flush=True)
     return
   compare_heads.run_comparison(
       workdir, _HEADS.value, flow_steps=_FLOW_STEPS.value, train_minutes=_TRAIN_MINUTES.value,

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from vla_jax.jobs import compare_heads
+from vla_jax.jobs import compare_heads, compare_report
 
 TASKS = ("reach", "push", "pick_place", "lift")
 
@@ -61,7 +61,7 @@ def test_claims_verdicts_follow_the_intervals():
       "flow_m1": _results((100, 50, 80, 95), steps=9000),
       "flow_m8": _results((100, 52, 78, 96), steps=4000),
   }
-  claims = compare_heads.claims(rows)
+  claims = compare_report.claims(rows)
   by_paper = {c.split(" (")[0]: (v, m) for c, v, m in claims}
   assert len(claims) == 6
   v, m = next(x[1:] for x in claims if "fewer tokens" in x[0])
@@ -91,8 +91,9 @@ def test_report_from_results_files(tmp_path):
     (tmp_path / "hybrid" / f"results_{mode}.json").write_text(json.dumps(part))
   os.makedirs(tmp_path / "ar")  # Started, not finished: no results.json.
   rates = {"flow": 5.0, "ar": 2.0, "hybrid": 2.5}
-  path = compare_heads.write_report(str(tmp_path), ["flow", "ar", "hybrid"], rates,
-                                    compare_heads.plan_steps(rates, flow_steps=6000))
+  path = compare_report.write_report(str(tmp_path), ["flow", "ar", "hybrid"],
+                                     compare_heads.labels(), rates,
+                                     compare_heads.plan_steps(rates, flow_steps=6000))
   with open(path) as f:
     text = f.read()
   assert "| flow (pi0 expert, M = 4) | 100/100 | 55/100 | 82/100 | 97/100 | **83.5% [79.5, 86.8] " \
