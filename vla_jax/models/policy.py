@@ -69,7 +69,8 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
       expert_width / expert_mlp_dim), prediction ("epsilon" | "v": the denoiser's target).
     ar: tokenizer ("binning" | "fast"), num_bins, max_fast_tokens, temperature (0 = greedy),
       first_step_weight (binning: loss weight of the chunk's first step's tokens; 1 = plain),
-      slot_embedding (a learned embedding per suffix slot; False = RoPE positions only).
+      slot_embedding (a learned embedding per suffix slot; default False = RoPE positions only:
+      with it the AR head ignored the image, dev 21% -> 4% at 2000 steps).
     discrete_diffusion: num_bins, rounds (12), temperature, remask_threshold,
       first_step_weight (loss weight of the chunk's first step's masked slots; 1 = plain),
       slot_embedding (a learned embedding per token slot, default; False = RoPE positions
