@@ -184,16 +184,23 @@ def test_ar_kv_cache_matches_recomputation(data):
   assert (np.asarray(cached)[:, -1] == eos).all()
 
 
+def _weighted_loss(head_name, data, metric):
+  """``w -> (loss, unweighted metric)`` of the trained micro head with ``first_step_weight = w``
+  on the batch, at a fixed rng."""
+  pol, params, _, _ = train(head_name, data)
+  def loss(w):
+    head = dataclasses.replace(pol.head, first_step_weight=w)
+    value, metrics = jax.jit(head.loss)(params, data[0], jax.random.key(0))
+    return float(value), float(metrics[metric])
+  return loss
+
+
 def test_ar_first_step_weight_reweights_the_first_steps_tokens(data):
   """``first_step_weight`` w scales the chunk's first step's D token terms: with the per-token
   sums A (first step) and B (the rest, EOS included) recovered from w = 0 and w = 1, the loss at
   w = 3 is (3A + B) / (3 n_A + n_B); the reported cross-entropy stays the unweighted one."""
   batch = data[0]
-  pol, params, _, _ = train("ar", data)
-  def loss(w):
-    head = dataclasses.replace(pol.head, first_step_weight=w)
-    value, metrics = jax.jit(head.loss)(params, batch, jax.random.key(0))
-    return float(value), float(metrics["ce"])
+  loss = _weighted_loss("ar", data, "ce")
   n_a = D * len(batch["actions"])  # Every micro chunk step is real (action_mask all True).
   n_b = (H - 1) * D * len(batch["actions"]) + len(batch["actions"])  # + the closing EOS
   (l0, ce0), (l1, ce1), (l3, ce3) = loss(0.0), loss(1.0), loss(3.0)
@@ -209,12 +216,7 @@ def test_discrete_diffusion_first_step_weight_reweights_the_first_steps_slots(da
   masked cross-entropy, the reported metric is that unweighted one at every w, and the loss is a
   weighted mean of the first-step mean a and the rest's mean b (w = 0 gives b): for w = 1, 2, 3
   it is (w r a + b) / (w r + 1) with one slot-count ratio r, solved from w = 1 and checked at 3."""
-  batch = data[0]
-  pol, params, _, _ = train("discrete_diffusion", data)
-  def loss(w):
-    head = dataclasses.replace(pol.head, first_step_weight=w)
-    value, metrics = jax.jit(head.loss)(params, batch, jax.random.key(0))
-    return float(value), float(metrics["masked_ce"])
+  loss = _weighted_loss("discrete_diffusion", data, "masked_ce")
   (l0, ce0), (l1, ce1), (l2, _), (l3, ce3) = loss(0.0), loss(1.0), loss(2.0), loss(3.0)
   np.testing.assert_allclose([l1, ce0, ce3], [ce1, ce1, ce1], rtol=1e-6)
   b = l0
