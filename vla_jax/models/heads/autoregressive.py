@@ -222,8 +222,9 @@ class ARHead:
       token = jax.random.categorical(key, logits / temperature).astype(jnp.int32)
       logp = jnp.take_along_axis(jax.nn.log_softmax(logits / temperature, axis=-1),
                                  token[:, None], axis=-1)[:, 0]
-    prob = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
-    return token, logp, prob
+    # exp(logit - logsumexp): the picked token's probability without materializing [B, V].
+    picked = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0]
+    return token, logp, jnp.exp(picked - jax.nn.logsumexp(logits, axis=-1))
 
   def _decode(self, params, obs, rng, use_cache: bool,
               temperature: float) -> tuple[Array, Array, Array, Array, Array]:
