@@ -20,7 +20,7 @@ import os
 
 from absl import app, flags
 
-from vla_jax import console
+from vla_jax import atomic_files, console
 from vla_jax.jobs import compare_heads, compare_report
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/compare_heads",
@@ -49,7 +49,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   workdir = os.path.abspath(_WORKDIR.value)
   if _REPORT_ONLY.value:
-    rates = compare_report.load_json(os.path.join(workdir, "calibration.json")) or {}
+    rates = atomic_files.read_json(os.path.join(workdir, "calibration.json")) or {}
     rates = {n: r for n, r in rates.items() if n in _HEADS.value}
     steps = compare_heads.plan_steps(rates, flow_steps=_FLOW_STEPS.value,
                                      train_minutes=_TRAIN_MINUTES.value) if rates else {}

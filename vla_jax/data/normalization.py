@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from vla_jax import atomic_files
+
 MODES = ("zscore", "quantile")
 STAT_KEYS = ("mean", "std", "min", "max", "q01", "q99")
 # A dimension whose spread is below this is constant in the data: it is passed through shifted but
@@ -161,8 +163,4 @@ def load_cached(path: str) -> dict[str, Any] | None:
 
 def save_cached(path: str, stats: dict[str, Any]) -> None:
   """Writes ``stats`` atomically (write + rename, so a crash never leaves half a file)."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(stats, f, indent=1)
-  os.replace(tmp, path)
+  atomic_files.write_json(path, stats, indent=1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ from typing import Any
 # process-wide backend, so a notebook that imports this keeps its inline plots.
 from matplotlib.figure import Figure
 
+from vla_jax import atomic_files
 from vla_jax.eval import intervals
 
 
@@ -61,9 +61,4 @@ def write_report(path: str, *, title: str, command: str, config: Any,
   for heading, body in sections:
     lines += [f"## {heading}", "", body.rstrip(), ""]
   lines += ["## Config", "", "```json", json.dumps(cfg, indent=2, default=str), "```", ""]
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write("\n".join(lines))
-  os.replace(tmp, path)  # Atomic: a reader never sees half a report.
-  return path
+  return atomic_files.write_text(path, "\n".join(lines))

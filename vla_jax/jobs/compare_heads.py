@@ -29,15 +29,15 @@ otherwise the difference is "inside the noise".
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from vla_jax import atomic_files
 from vla_jax.eval import intervals
-from vla_jax.jobs.compare_report import HYBRID_PARTS, RESULTS, load_json, write_report
+from vla_jax.jobs.compare_report import HYBRID_PARTS, RESULTS, write_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -89,13 +89,6 @@ def run_logged(cmd: Sequence[str], log_path: str, print_fn: Callable = print) ->
     raise RuntimeError(f"{cmd[1]} exited with {code}; the end of {log_path}:\n{tail}")
 
 
-def save_json(path: str, doc: Mapping) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(doc, f, indent=1)
-  os.replace(tmp, path)
-
-
 def training_rate(results: Mapping) -> float:
   """Steps per second of a run's logged intervals after the first (which holds compilation)."""
   rates = [h["steps_per_s"] for h in results["history"][1:] if "steps_per_s" in h]
@@ -109,7 +102,7 @@ def calibrate(names: Sequence[str], workdir: str, *, steps: int, data_root: str,
   """Training steps/s of each variant (see the module docstring), cached in
   ``<workdir>/calibration.json``; only variants missing there are measured."""
   path = os.path.join(workdir, "calibration.json")
-  rates = load_json(path) or {}
+  rates = atomic_files.read_json(path) or {}
   for name in names:
     if name in rates:
       continue
@@ -119,11 +112,11 @@ def calibrate(names: Sequence[str], workdir: str, *, steps: int, data_root: str,
                              extra=[f"--config.train.log_every={log_every}",
                                     "--config.train.checkpoint_every=0"]),
                os.path.join(run_dir, "log.txt"), print_fn)
-    results = load_json(os.path.join(run_dir, RESULTS))
+    results = atomic_files.read_json(os.path.join(run_dir, RESULTS))
     if results is None:
       raise FileNotFoundError(f"calibration of '{name}': no {RESULTS} in {run_dir}")
     rates[name] = training_rate(results)
-    save_json(path, rates)
+    atomic_files.write_json(path, rates, indent=1)
     print_fn(f"[compare] calibration: {name} trains at {rates[name]:.2f} steps/s", flush=True)
   return {n: rates[n] for n in names}
 
@@ -160,12 +153,12 @@ def evaluate_hybrid_parts(run_dir: str, episodes: int, print_fn: Callable = prin
     res = evaluator(loaded.params, num_episodes_per_task=episodes, block=config.eval.block,
                     print_fn=lambda *a, **k: None)
     print_fn(f"[compare] hybrid, {mode} head alone: {res.summary()}", flush=True)
-    save_json(os.path.join(run_dir, f"results_{mode}.json"), {
+    atomic_files.write_json(os.path.join(run_dir, f"results_{mode}.json"), {
         "head": f"hybrid:{mode}", "steps": loaded.step,
         "final": {"block": res.block, "mean": res.mean_success, "totals": list(res.totals),
                   "per_task": {t: list(v) for t, v in res.per_task.items()}},
         "chunk": {"latency_ms": evaluator.latency_ms(loaded.params),
-                  **evaluator.chunk_stats(loaded.params)}})
+                  **evaluator.chunk_stats(loaded.params)}}, indent=1)
 
 
 def run_comparison(workdir: str, names: Sequence[str] = DEFAULT, *, flow_steps: int = 6000,
@@ -186,12 +179,12 @@ def run_comparison(workdir: str, names: Sequence[str] = DEFAULT, *, flow_steps: 
            + ", ".join(f"{n} {s}" for n, s in steps.items()), flush=True)
   for name in names:
     run_dir = os.path.join(workdir, name)
-    done = load_json(os.path.join(run_dir, RESULTS))
+    done = atomic_files.read_json(os.path.join(run_dir, RESULTS))
     if not (done and "final" in done):
       run_logged(train_command(name, run_dir, steps[name], eval_episodes=eval_episodes,
                                eval_every=max(1, steps[name] // 4), data_root=data_root),
                  os.path.join(run_dir, "log.txt"), print_fn)
-      done = load_json(os.path.join(run_dir, RESULTS))
+      done = atomic_files.read_json(os.path.join(run_dir, RESULTS))
       if not (done and "final" in done):  # Preempted (SIGTERM): its checkpoint is saved.
         path = write_report(workdir, names, labels(), rates, steps)
         print_fn(f"[compare] {name} stopped before its final evaluation; the report so far: "

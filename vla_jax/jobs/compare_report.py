@@ -8,23 +8,16 @@ overlap (:func:`compare_rates`); otherwise the difference is "inside the noise".
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 
 from matplotlib.figure import Figure
 
+from vla_jax import atomic_files
 from vla_jax.eval import intervals
 
 RESULTS = "results.json"  # vla_jax.jobs.main_job.RESULTS (not imported: keeps this import light)
 HYBRID_PARTS = ("flow", "ar")  # The hybrid's heads alone: results_<mode>.json in its workdir.
-
-
-def load_json(path: str) -> dict | None:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
 
 
 def collect_rows(workdir: str, names: Sequence[str]) -> dict[str, dict]:
@@ -32,12 +25,12 @@ def collect_rows(workdir: str, names: Sequence[str]) -> dict[str, dict]:
   of every variant with a final evaluation."""
   rows = {}
   for name in names:
-    res = load_json(os.path.join(workdir, name, RESULTS))
+    res = atomic_files.read_json(os.path.join(workdir, name, RESULTS))
     if res and "final" in res:
       rows[name] = res
     if name == "hybrid":
       for mode in HYBRID_PARTS:
-        part = load_json(os.path.join(workdir, name, f"results_{mode}.json"))
+        part = atomic_files.read_json(os.path.join(workdir, name, f"results_{mode}.json"))
         if part:
           rows[f"hybrid:{mode}"] = part
   return rows

@@ -20,7 +20,6 @@ image size and history window before anything is built.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from vla_jax import atomic_files
 from vla_jax.data import pipeline, tabletop_demos
 from vla_jax.envs import tabletop
 from vla_jax.eval import closed_loop, intervals, report, videos
@@ -345,12 +345,7 @@ def write_results(workdir: str, config: ml_collections.ConfigDict, result: train
                     "per_task": {t: list(v) for t, v in final.per_task.items()}}
   if chunk is not None:
     doc["chunk"] = chunk
-  path = os.path.join(workdir, RESULTS)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(doc, f, indent=1)
-  os.replace(tmp, path)  # Never a half-written file.
-  return path
+  return atomic_files.write_json(os.path.join(workdir, RESULTS), doc, indent=1)
 
 
 class LoadedPolicy(NamedTuple):

@@ -23,7 +23,6 @@ looking action. Put the ids into a language-model vocabulary with :mod:`vla_jax.
 
 from __future__ import annotations
 
-import json
 import os
 
 import flax.struct
@@ -31,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vla_jax import atomic_files
 from vla_jax.tokenizers.checks import check_actions, check_int_ids, read_tokenizer_json
 
 FILENAME = "binning_tokenizer.json"
@@ -158,11 +158,7 @@ class BinningTokenizer:
     path = os.path.join(directory, FILENAME)
     blob = {"format": FORMAT, "kind": self.kind, "num_bins": self.num_bins,
             "action_dim": self.action_dim, "edges": np.asarray(self.edges).tolist()}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(blob, f)
-    os.replace(tmp, path)  # Atomic: a reader never sees half a file.
-    return path
+    return atomic_files.write_json(path, blob)
 
   @classmethod
   def load(cls, directory: str) -> BinningTokenizer:

@@ -37,6 +37,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, trainers
 
+from vla_jax import atomic_files
 from vla_jax.tokenizers import dct
 from vla_jax.tokenizers.checks import check_actions, check_int_ids, read_tokenizer_json
 
@@ -245,11 +246,7 @@ class FastTokenizer:
             "action_range": self.action_range, "min_coeff": self.min_coeff,
             "max_coeff": self.max_coeff, "base_codepoint": BASE_CODEPOINT,
             "bpe": json.loads(bpe.to_str())}
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(blob, f, ensure_ascii=False)
-    os.replace(tmp, path)  # Atomic: a reader never sees half a file.
-    return path
+    return atomic_files.write_json(path, blob, ensure_ascii=False)
 
   @classmethod
   def load(cls, directory: str) -> FastTokenizer:

@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 from collections.abc import Sequence
 
 import numpy as np
 import sentencepiece as spm
 import tokenizers
+
+from vla_jax import atomic_files
 
 _META = "text_tokenizer.json"
 _BPE_FILE = "bpe.json"
@@ -129,9 +130,7 @@ class TextTokenizer:
       file = _SPM_FILE
     meta = {"backend": self._backend, "file": file, "vocab_size": self.vocab_size,
             "pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id}
-    tmp = d / (_META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    shutil.move(tmp, d / _META)  # Meta last and atomically: a readable dir is a complete one.
+    atomic_files.write_json(d / _META, meta, indent=1)  # Last: a readable dir is a complete one.
 
   @classmethod
   def load(cls, directory: str | os.PathLike) -> TextTokenizer:
