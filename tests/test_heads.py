@@ -184,6 +184,55 @@ def test_ar_kv_cache_matches_recomputation(data):
   assert (np.asarray(cached)[:, -1] == eos).all()
 
 
+def test_greedy_bin_mode_and_median():
+  probs = np.array([[0.3, 0.0, 0.0, 0.25, 0.25, 0.2], [0.0, 0.1, 0.8, 0.1, 0.0, 0.0]])
+  logits = jnp.log(jnp.asarray(probs) + 1e-12)
+  np.testing.assert_array_equal(action_tokens.greedy_bin(logits, "mode"), [0, 2])
+  # Row 0: the CDF reaches 1/2 at bin 3 (0.55), inside the mass the lone peak at 0 misses.
+  np.testing.assert_array_equal(action_tokens.greedy_bin(logits, "median"), [3, 2])
+
+
+def test_ar_median_decoding_picks_each_steps_median_bin(data):
+  """``point="median"`` on an untrained AR head (spread distributions, where it matters): every
+  decoded token is the median bin of the teacher-forced distribution at its slot (cache and
+  recomputation agree), and it differs from greedy argmax decoding."""
+  _, obs, _, _ = data
+  pol, _, _, _ = policy_and_trainer("ar")
+  head = pol.head
+  params = jax.jit(pol.init)(jax.random.key(5), data[0])
+  decode = jax.jit(functools.partial(head.sample, point="median"))
+  tokens = np.asarray(decode(params, obs, jax.random.key(0))["tokens"])
+  full = jax.jit(lambda p, o, r: dataclasses.replace(head, point="median").sample_tokens(
+      p, o, r, use_cache=False)[0])(params, obs, jax.random.key(0))
+  np.testing.assert_array_equal(tokens, np.asarray(full))
+  n, eos, start = head.max_tokens, head.layout.special(1), head.layout.action_start
+  inputs = np.concatenate([np.full((len(tokens), 1), head.layout.special(0)), tokens[:, :n]], 1)
+  logits = jax.jit(lambda p: head.module.apply({"params": p}, obs, jnp.asarray(inputs),
+                                               method=type(head.module).sequence_logits))(params)
+  masked = head._masked_logits(logits)
+  want = np.where(np.argmax(masked, -1) == eos, eos,
+                  start + np.asarray(action_tokens.greedy_bin(masked[..., start:], "median")))
+  live = np.cumsum(tokens == eos, axis=1) - (tokens == eos) == 0  # Up to the first EOS.
+  np.testing.assert_array_equal(tokens[live], want[live])
+  mode = np.asarray(jax.jit(head.sample)(params, obs, jax.random.key(0))["tokens"])
+  assert (mode != tokens).any()
+  with pytest.raises(ValueError, match="point must be one of"):
+    head.sample(params, obs, jax.random.key(0), point="mean")
+
+
+@pytest.mark.parametrize("head_name", ["ar", "discrete_diffusion"])
+def test_median_decoding_of_a_trained_token_head_fits(head_name, data):
+  """Median decoding of the overfit micro heads still reaches every target (peaked
+  distributions: median and mode agree within a bin)."""
+  _, obs, cond, targets = data
+  pol, params, _, _ = train(head_name, data)
+  out = jax.jit(functools.partial(pol.head.sample, point="median"))(params, obs,
+                                                                   jax.random.key(3))
+  assert np.asarray(out["valid"]).all()
+  err, _ = synthetic.nearest_mode_error(np.asarray(out["actions"]), cond, targets)
+  assert err.max() <= TOLERANCE[head_name], err
+
+
 def _weighted_loss(head_name, data, metric):
   """``w -> (loss, unweighted metric)`` of the trained micro head with ``first_step_weight = w``
   on the batch, at a fixed rng."""

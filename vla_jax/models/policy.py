@@ -70,11 +70,13 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
     ar: tokenizer ("binning" | "fast"), num_bins, max_fast_tokens, temperature (0 = greedy),
       first_step_weight (binning: loss weight of the chunk's first step's tokens; 1 = plain),
       slot_embedding (a learned embedding per suffix slot; default False = RoPE positions only:
-      with it the AR head ignored the image, dev 21% -> 4% at 2000 steps).
+      with it the AR head ignored the image, dev 21% -> 4% at 2000 steps), point (binning,
+      greedy: "mode" = argmax bin, "median" = the median bin of each step's distribution).
     discrete_diffusion: num_bins, rounds (12), temperature, remask_threshold,
       first_step_weight (loss weight of the chunk's first step's masked slots; 1 = plain),
       slot_embedding (a learned embedding per token slot, default; False = RoPE positions
-      only: dev 2% -> 14% at 2000 steps with it, docs/experiments/heads.md).
+      only: dev 2% -> 14% at 2000 steps with it, docs/experiments/heads.md), point (greedy
+      candidates: "mode" | "median", as ar.point).
     hybrid (HybridVLA: ``flow`` and ``ar`` binning on one backbone, shaped by those sections):
       ar_loss_weight (1), threshold (the AR confidence above which the two predictions are
       averaged; 0.96), mode ("ensemble" | "flow" | "ar": what ``sample`` returns).
@@ -102,10 +104,11 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
                     "sampler": "ddim", "num_steps": 10, "num_noise_samples": 1,
                     "clip_sample": 1.0, "denoiser": "mlp", "prediction": "epsilon"},
       "ar": {"tokenizer": "binning", "num_bins": 256, "max_fast_tokens": 64,
-             "temperature": 0.0, "first_step_weight": 1.0, "slot_embedding": False},
+             "temperature": 0.0, "first_step_weight": 1.0, "slot_embedding": False,
+             "point": "mode"},
       "discrete_diffusion": {"num_bins": 256, "rounds": 12, "temperature": 0.0,
                              "remask_threshold": 0.5, "first_step_weight": 1.0,
-                             "slot_embedding": True},
+                             "slot_embedding": True, "point": "mode"},
       "hybrid": {"ar_loss_weight": 1.0, "threshold": 0.96, "mode": "ensemble"},
       "init_from": "",
       "init_from_format": "",
@@ -314,7 +317,7 @@ def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_ho
     n = action_tokens.max_tokens(tok, action_horizon, hc.max_fast_tokens)
     ar = ar_lib.ARHead(ar_lib.ARModule(bb, state_dim, (n + 1) * hc.get("slot_embedding", False)),
                        tok, layout, action_horizon, action_dim, n, hc.temperature,
-                       hc.get("first_step_weight", 1.0))
+                       hc.get("first_step_weight", 1.0), hc.get("point", "mode"))
     fc = config.flow
     expert = dataclasses.replace(bb.llm, width=fc.expert_width, mlp_dim=fc.expert_mlp_dim,
                                  vocab_size=0)
@@ -326,14 +329,14 @@ def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_ho
     n = action_tokens.max_tokens(tok, action_horizon, hc.max_fast_tokens)
     h = ar_lib.ARHead(ar_lib.ARModule(bb, state_dim, (n + 1) * hc.get("slot_embedding", False)),
                       tok, layout, action_horizon, action_dim, n, hc.temperature,
-                      hc.get("first_step_weight", 1.0))
+                      hc.get("first_step_weight", 1.0), hc.get("point", "mode"))
   else:
     module = dd_lib.DiscreteDiffusionModule(
         bb, state_dim, layout.action_start, tok.num_bins,
         action_horizon * action_dim if hc.get("slot_embedding", False) else 0)
     h = dd_lib.DiscreteDiffusionHead(module, tok, layout, action_horizon, action_dim, hc.rounds,
                                      hc.temperature, hc.remask_threshold,
-                                     hc.get("first_step_weight", 1.0))
+                                     hc.get("first_step_weight", 1.0), hc.get("point", "mode"))
   return Policy(head=h, action_tokenizer=tok, backbone_config=bb, **common_kw)
 
 

@@ -138,3 +138,26 @@ def decode_ids(tokenizer: ActionTokenizer, ids: Array, lengths: Array, horizon: 
   actions, valid = jax.pure_callback(host_decode, out, ids, lengths, vmap_method="sequential")
   valid &= ok
   return jnp.where(valid[:, None, None], actions, jnp.nan), valid
+
+
+POINTS = ("mode", "median")
+
+
+def check_point(point: str, where: str) -> None:
+  if point not in POINTS:
+    raise ValueError(f"{where}: point must be one of {POINTS}, got '{point}'")
+
+
+def greedy_bin(logits: Array, point: str) -> Array:
+  """The greedy pick int32 [...] among N ordered bins from ``logits`` float [..., N].
+
+  ``"mode"``: the most likely bin (argmax). ``"median"``: the first bin where the cumulative
+  probability reaches 1/2, the bin minimising the expected absolute error in bins. The two agree
+  when the distribution is peaked; where it is spread over neighbouring bins (an uncertain
+  position), the mode is one of many near-equal peaks and can land far from where the mass lies,
+  while the median stays inside it.
+  """
+  if point == "mode":
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
+  return jnp.argmax(cdf >= 0.5, axis=-1).astype(jnp.int32)

@@ -120,6 +120,9 @@ class ARHead:
       relative to the others (1 = plain next-token cross-entropy). Later steps are nearly copies
       of earlier ones, so the plain loss is dominated by copying; the first step is the only one
       predicted from the observation alone (issue 17, docs/experiments/heads.md).
+    point: binning, greedy decoding only: which bin a step picks, ``"mode"`` (argmax) or
+      ``"median"`` of the action-token distribution (:func:`action_tokens.greedy_bin`; EOS when
+      it is the argmax); ``sample(point=...)`` overrides it.
   """
 
   module: ARModule
@@ -130,14 +133,22 @@ class ARHead:
   max_tokens: int
   temperature: float = 0.0
   first_step_weight: float = 1.0
+  point: str = "mode"
 
   def __post_init__(self):
     binning = isinstance(self.tokenizer, action_tokens.binning.BinningTokenizer)
+    self._check_point(self.point, "ARHead")
     if self.first_step_weight != 1.0 and not binning:
       raise ValueError(f"ARHead: first_step_weight={self.first_step_weight} needs the binning "
                        "tokenizer (FAST tokens are not per chunk step; policy.ar)")
     if not self.first_step_weight >= 0:
       raise ValueError(f"ARHead: first_step_weight={self.first_step_weight} must be >= 0")
+
+  def _check_point(self, point: str, where: str) -> None:
+    action_tokens.check_point(point, where)
+    if point != "mode" and not isinstance(self.tokenizer, action_tokens.binning.BinningTokenizer):
+      raise ValueError(f"{where}: point='{point}' needs the binning tokenizer (FAST ids are BPE "
+                       "merges, not ordered bins; policy.ar.point)")
 
   def _action_ids(self, batch) -> tuple[Array, Array]:
     """``(ids int32 [B, n], lengths int32 [B])``: binning encodes in-graph, FAST reads the
@@ -209,14 +220,19 @@ class ARHead:
     allowed = (ids >= self.layout.action_start) | (ids == self.layout.special(EOS))
     return jnp.where(allowed, logits, -jnp.inf)
 
-  def _pick(self, logits: Array, key: Array,
-            temperature: float) -> tuple[Array, Array, Array]:
+  def _pick(self, logits: Array, key: Array, temperature: float,
+            point: str = "mode") -> tuple[Array, Array, Array]:
     """``(next LM id int32 [B], its log-prob float32 [B], its probability at temperature 1
     float32 [B])`` from logits [B, V] restricted to the action block and EOS; greedy (log-prob
-    0) at ``temperature <= 0``."""
+    0) at ``temperature <= 0``, picking the ``point`` of the action block unless EOS is the
+    argmax."""
     logits = self._masked_logits(logits)
     if temperature <= 0:
       token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+      if point != "mode":
+        start = self.layout.action_start
+        ordinal = start + action_tokens.greedy_bin(logits[:, start:], point)
+        token = jnp.where(token == self.layout.special(EOS), token, ordinal)
       logp = jnp.zeros(logits.shape[:1])
     else:
       token = jax.random.categorical(key, logits / temperature).astype(jnp.int32)
@@ -226,8 +242,8 @@ class ARHead:
     picked = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0]
     return token, logp, jnp.exp(picked - jax.nn.logsumexp(logits, axis=-1))
 
-  def _decode(self, params, obs, rng, use_cache: bool,
-              temperature: float) -> tuple[Array, Array, Array, Array, Array]:
+  def _decode(self, params, obs, rng, use_cache: bool, temperature: float,
+              point: str = "mode") -> tuple[Array, Array, Array, Array, Array]:
     """Decodes ``(lm_ids int32 [B, n + 1], num_steps int32 [], log_prob float32 [B],
     confidence float32 [B], num_tokens int32 [B])``; after its EOS a row is EOS. ``log_prob`` sums the picked tokens'
     log-probs up to and including the first EOS (0 when greedy); ``confidence`` is the mean
@@ -269,7 +285,7 @@ class ARHead:
     def body(carry):
       i, token, out, done, state, log_prob, prob_sum = carry
       logits, state = logits_at(i, token, state)
-      picked, logp, prob = self._pick(logits, jax.random.fold_in(rng, i), temperature)
+      picked, logp, prob = self._pick(logits, jax.random.fold_in(rng, i), temperature, point)
       nxt = jnp.where(done, eos, picked)
       log_prob = log_prob + jnp.where(done, 0.0, logp)  # Up to and including the first EOS.
       prob_sum = prob_sum + jnp.where(done | (nxt == eos), 0.0, prob)  # Action tokens only.
@@ -287,7 +303,7 @@ class ARHead:
   def sample_tokens(self, params, obs, rng, use_cache: bool = True) -> tuple[Array, Array]:
     """Decodes ``(lm_ids int32 [B, n + 1], num_steps int32 [])`` at the head's temperature;
     after its EOS a row is EOS."""
-    out, steps, *_ = self._decode(params, obs, rng, use_cache, self.temperature)
+    out, steps, *_ = self._decode(params, obs, rng, use_cache, self.temperature, self.point)
     return out, steps
 
   def _actions(self, lm_ids: Array) -> tuple[Array, Array]:
@@ -303,12 +319,16 @@ class ARHead:
     valid &= is_eos.any(1) | isinstance(self.tokenizer, action_tokens.binning.BinningTokenizer)
     return jnp.where(valid[:, None, None], actions, jnp.nan), valid
 
-  def sample(self, params, obs, rng, use_cache: bool = True) -> dict[str, Array]:
+  def sample(self, params, obs, rng, use_cache: bool = True,
+             point: str | None = None) -> dict[str, Array]:
     """``{"actions" [B, H, D] (NaN where invalid), "valid" [B], "tokens" [B, n+1] (LM ids),
     "confidence" float32 [B] (mean probability of the picked action tokens), "num_tokens"
-    int32 [B] (action tokens before EOS), "nfe" int32 [] (decoding steps run)}``."""
+    int32 [B] (action tokens before EOS), "nfe" int32 [] (decoding steps run)}``; ``point``
+    (None = the head's) is the greedy pick, see the class docstring."""
+    point = self.point if point is None else point
+    self._check_point(point, "ARHead.sample")
     lm_ids, steps, _, confidence, count = self._decode(params, obs, rng, use_cache,
-                                                       self.temperature)
+                                                       self.temperature, point)
     actions, valid = self._actions(lm_ids)
     return {"actions": actions, "valid": valid, "tokens": lm_ids, "confidence": confidence,
             "num_tokens": count, "nfe": steps}

@@ -158,6 +158,9 @@ class DiscreteDiffusionHead:
     first_step_weight: the loss weight of the chunk's first step's D masked slots relative to
       the others (1 = plain masked cross-entropy), as ``ARHead.first_step_weight``: the other
       steps can be inferred from their neighbours, the first only from the observation.
+    point: greedy decoding only: each round's candidate bin, ``"mode"`` (argmax) or ``"median"``
+      of the slot's distribution (:func:`action_tokens.greedy_bin`); ``sample(point=...)``
+      overrides it.
   """
 
   module: DiscreteDiffusionModule
@@ -169,8 +172,10 @@ class DiscreteDiffusionHead:
   temperature: float = 0.0
   remask_threshold: float = 0.5
   first_step_weight: float = 1.0
+  point: str = "mode"
 
   def __post_init__(self):
+    action_tokens.check_point(self.point, "DiscreteDiffusionHead")
     if not isinstance(self.tokenizer, binning.BinningTokenizer):
       raise TypeError(f"DiscreteDiffusionHead: needs a BinningTokenizer, got "
                       f"{type(self.tokenizer).__name__}")
@@ -212,11 +217,12 @@ class DiscreteDiffusionHead:
     return loss, {"masked_ce": jnp.sum(nll * w) / count, "token_accuracy": acc}
 
   def _decode(self, params, obs, rng, rounds: int | None, temperature: float,
-              stochastic: bool) -> tuple[Array, ...]:
+              stochastic: bool, point: str = "mode") -> tuple[Array, ...]:
     """T decoding rounds -> ``(ids int32 [B, n] bin ids, committed bool [B, n], round int32 [B,
     n] (the last round that committed each slot; T if never), log_prob float32 [B], T)``.
 
-    ``stochastic=False``: the decoder of the module docstring (``log_prob`` is 0).
+    ``stochastic=False``: the decoder of the module docstring (``log_prob`` is 0); greedy
+    candidates are the ``point`` of each slot's distribution.
     ``stochastic=True`` (RL): candidates drawn at ``temperature`` > 0, masked slots ranked by
     their most likely bin's probability, no re-masking; ``log_prob`` sums the committed tokens'
     ``log_softmax(logits / temperature)`` at the round that committed them.
@@ -238,7 +244,7 @@ class DiscreteDiffusionHead:
       if temperature > 0:
         cand = jax.random.categorical(key, logits / temperature).astype(jnp.int32)
       else:
-        cand = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        cand = action_tokens.greedy_bin(logits, point)
       if stochastic:
         # The ranking must not depend on the draw: with the most likely bin's probability the
         # slots committed at round k are a function of the tokens committed before it, so the
@@ -266,10 +272,15 @@ class DiscreteDiffusionHead:
     valid = jnp.all(committed, axis=1)
     return jnp.where(valid[:, None, None], self.tokenizer.decode(ids), jnp.nan), valid
 
-  def sample(self, params, obs, rng, rounds: int | None = None) -> dict[str, Array]:
+  def sample(self, params, obs, rng, rounds: int | None = None,
+             point: str | None = None) -> dict[str, Array]:
     """T rounds of parallel decoding -> ``{"actions" [B, H, D], "valid" [B], "tokens" [B, n]
-    (bin ids), "num_tokens" int32 [B] (n), "nfe" int32 []}``."""
-    ids, committed, _, _, t = self._decode(params, obs, rng, rounds, self.temperature, False)
+    (bin ids), "num_tokens" int32 [B] (n), "nfe" int32 []}``; ``point`` (None = the head's) is
+    the greedy candidate, see the class docstring."""
+    point = self.point if point is None else point
+    action_tokens.check_point(point, "DiscreteDiffusionHead.sample")
+    ids, committed, _, _, t = self._decode(params, obs, rng, rounds, self.temperature, False,
+                                           point)
     actions, valid = self._actions(ids, committed)
     return {"actions": actions, "valid": valid, "tokens": ids,
             "num_tokens": jnp.full(ids.shape[:1], ids.shape[1], jnp.int32),
