@@ -76,7 +76,8 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
       first_step_weight (loss weight of the chunk's first step's masked slots; 1 = plain),
       slot_embedding (a learned embedding per token slot, default; False = RoPE positions
       only: dev 2% -> 14% at 2000 steps with it, docs/experiments/heads.md), point (greedy
-      candidates: "mode" | "median", as ar.point).
+      candidates: "mode" | "median", as ar.point), label_sigma (std in bins of ordinal
+      soft targets for the masked cross-entropy, HL-Gauss; 0 = one-hot).
     hybrid (HybridVLA: ``flow`` and ``ar`` binning on one backbone, shaped by those sections):
       ar_loss_weight (1), threshold (the AR confidence above which the two predictions are
       averaged; 0.96), mode ("ensemble" | "flow" | "ar": what ``sample`` returns).
@@ -108,7 +109,7 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
              "point": "mode"},
       "discrete_diffusion": {"num_bins": 256, "rounds": 12, "temperature": 0.0,
                              "remask_threshold": 0.5, "first_step_weight": 1.0,
-                             "slot_embedding": True, "point": "mode"},
+                             "slot_embedding": True, "point": "mode", "label_sigma": 0.0},
       "hybrid": {"ar_loss_weight": 1.0, "threshold": 0.96, "mode": "ensemble"},
       "init_from": "",
       "init_from_format": "",
@@ -336,7 +337,8 @@ def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_ho
         action_horizon * action_dim if hc.get("slot_embedding", False) else 0)
     h = dd_lib.DiscreteDiffusionHead(module, tok, layout, action_horizon, action_dim, hc.rounds,
                                      hc.temperature, hc.remask_threshold,
-                                     hc.get("first_step_weight", 1.0), hc.get("point", "mode"))
+                                     hc.get("first_step_weight", 1.0), hc.get("point", "mode"),
+                                     hc.get("label_sigma", 0.0))
   return Policy(head=h, action_tokenizer=tok, backbone_config=bb, **common_kw)
 
 

@@ -161,3 +161,18 @@ def greedy_bin(logits: Array, point: str) -> Array:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
   return jnp.argmax(cdf >= 0.5, axis=-1).astype(jnp.int32)
+
+
+def soft_bin_targets(ids: Array, num_bins: int, sigma: float) -> Array:
+  """Ordinal soft targets float32 [..., N] for bin ids int [...] (the histogram loss, HL-Gauss,
+  Imani & White 2018; Farebrother et al. 2024): the mass that a Gaussian of std ``sigma`` bins
+  centred on the bin's centre puts on each bin, renormalized over the N bins. Neighbouring bins
+  share the target, so the cross-entropy knows that bin k + 1 is nearer to k than bin k + 50
+  is. ``sigma = 0`` gives the one-hot target.
+  """
+  if sigma <= 0:
+    return jax.nn.one_hot(ids, num_bins, dtype=jnp.float32)
+  edges = jnp.arange(num_bins + 1, dtype=jnp.float32) - 0.5  # Bin k spans [k - 1/2, k + 1/2].
+  cdf = jax.scipy.special.ndtr((edges - ids[..., None].astype(jnp.float32)) / sigma)
+  mass = cdf[..., 1:] - cdf[..., :-1]
+  return mass / jnp.sum(mass, axis=-1, keepdims=True)

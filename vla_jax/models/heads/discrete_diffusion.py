@@ -158,6 +158,8 @@ class DiscreteDiffusionHead:
     first_step_weight: the loss weight of the chunk's first step's D masked slots relative to
       the others (1 = plain masked cross-entropy), as ``ARHead.first_step_weight``: the other
       steps can be inferred from their neighbours, the first only from the observation.
+    label_sigma: std in bins of the ordinal soft targets of the masked cross-entropy
+      (:func:`action_tokens.soft_bin_targets`; 0 = one-hot).
     point: greedy decoding only: each round's candidate bin, ``"mode"`` (argmax) or ``"median"``
       of the slot's distribution (:func:`action_tokens.greedy_bin`); ``sample(point=...)``
       overrides it.
@@ -173,9 +175,12 @@ class DiscreteDiffusionHead:
   remask_threshold: float = 0.5
   first_step_weight: float = 1.0
   point: str = "mode"
+  label_sigma: float = 0.0
 
   def __post_init__(self):
     action_tokens.check_point(self.point, "DiscreteDiffusionHead")
+    if not self.label_sigma >= 0:
+      raise ValueError(f"DiscreteDiffusionHead: label_sigma={self.label_sigma} must be >= 0")
     if not isinstance(self.tokenizer, binning.BinningTokenizer):
       raise TypeError(f"DiscreteDiffusionHead: needs a BinningTokenizer, got "
                       f"{type(self.tokenizer).__name__}")
@@ -208,11 +213,16 @@ class DiscreteDiffusionHead:
                                method=DiscreteDiffusionModule.joint_logits)
     logp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0]
+    if self.label_sigma > 0:
+      targets = action_tokens.soft_bin_targets(ids, logits.shape[-1], self.label_sigma)
+      train_nll = -jnp.sum(targets * logp, axis=-1)
+    else:
+      train_nll = nll
     step_ok = jnp.repeat(batch["action_mask"], self.action_dim, axis=1)  # Time-major tokens.
     w = (masked & step_ok).astype(jnp.float32)
     lw = w * jnp.where(jnp.arange(n) < self.action_dim, self.first_step_weight, 1.0)[None]
-    loss = jnp.sum(nll * lw) / jnp.maximum(jnp.sum(lw), 1.0)
-    count = jnp.maximum(jnp.sum(w), 1.0)  # The metrics stay unweighted.
+    loss = jnp.sum(train_nll * lw) / jnp.maximum(jnp.sum(lw), 1.0)
+    count = jnp.maximum(jnp.sum(w), 1.0)  # The metrics stay unweighted (and one-hot).
     acc = jnp.sum((jnp.argmax(logits, -1) == ids) * w) / count
     return loss, {"masked_ce": jnp.sum(nll * w) / count, "token_accuracy": acc}
 
