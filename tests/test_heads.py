@@ -233,6 +233,34 @@ def test_median_decoding_of_a_trained_token_head_fits(head_name, data):
   assert err.max() <= TOLERANCE[head_name], err
 
 
+def test_soft_bin_targets_are_a_discretized_gaussian_around_the_bin():
+  ids = jnp.array([0, 20, 39])
+  q = np.asarray(action_tokens.soft_bin_targets(ids, 40, 2.0))
+  np.testing.assert_allclose(q.sum(-1), 1.0, rtol=1e-6)
+  k = np.arange(40)
+  np.testing.assert_allclose((q[1] * k).sum(), 20.0, atol=1e-5)  # Centred (away from the edges).
+  np.testing.assert_allclose((q[1] * (k - 20.0) ** 2).sum(), 4.0 + 1 / 12, rtol=1e-3)
+  assert q[0, 0] > q[0, 1] > q[0, 2] and q[2, 39] > q[2, 38]  # Truncated at the edges.
+  np.testing.assert_array_equal(action_tokens.soft_bin_targets(ids, 40, 0.0),
+                                np.eye(40)[[0, 20, 39]])
+
+
+def test_discrete_diffusion_label_sigma_trains_on_soft_targets(data):
+  """With ``label_sigma`` the loss is the cross-entropy against the soft targets: larger than the
+  one-hot cross-entropy of a model trained on one-hot targets (it puts its mass on the bin
+  itself), growing with sigma, while the reported ``masked_ce`` stays the one-hot one."""
+  pol, params, _, _ = train("discrete_diffusion", data)
+  def loss(sigma):
+    head = dataclasses.replace(pol.head, label_sigma=sigma)
+    value, metrics = jax.jit(head.loss)(params, data[0], jax.random.key(0))
+    return float(value), float(metrics["masked_ce"])
+  (l0, ce0), (l1, ce1), (l3, ce3) = loss(0.0), loss(1.0), loss(3.0)
+  np.testing.assert_allclose([l0, ce1, ce3], [ce0, ce0, ce0], rtol=1e-6)
+  assert l0 < l1 < l3
+  with pytest.raises(ValueError, match="label_sigma"):
+    dataclasses.replace(pol.head, label_sigma=-1.0)
+
+
 def _weighted_loss(head_name, data, metric):
   """``w -> (loss, unweighted metric)`` of the trained micro head with ``first_step_weight = w``
   on the batch, at a fixed rng."""
