@@ -43,7 +43,9 @@ def default_rl_config() -> ml_collections.ConfigDict:
       one), its stochastic sampler's options: flow ``noise_std`` (Euler-step noise, normalized
       action units), ``noise_temperature`` (x_0's std) and ``scored_actions``; diffusion
       ``min_std`` (DPPO's floor, 0.1) and ``last_k``; token heads (ar, discrete_diffusion)
-      ``temperature`` (1 = the trained distribution; SimpleVLA-RL samples at 1.6). FPO samples
+      ``temperature`` (1 = the trained distribution; SimpleVLA-RL samples at 1.6), AR binning
+      also ``window`` (> 0: sample only within that many bins of each step's median bin,
+      exploration local in action space; 0 = the whole distribution). FPO samples
       with the head's own ``sample()`` defaults and ignores them. The Flow-Noise likelihood credits only the
       per-step noise, not x_0 (it has no parameters), so the step noise must account for a
       real share of the action spread (micro reach, colabs/rl_finetune.ipynb: no learning with
@@ -87,7 +89,7 @@ def default_rl_config() -> ml_collections.ConfigDict:
       "sample_options": ml_collections.ConfigDict({
           "flow": {"noise_std": 0.1},
           "diffusion": {"min_std": 0.1},
-          "ar": {"temperature": 1.0},
+          "ar": {"temperature": 1.0, "window": 0},
           "discrete_diffusion": {"temperature": 1.0},
       }),
       "learn_noise_std": False,

@@ -35,6 +35,15 @@ after it adds nothing); ``"sample": {"tokens"}`` records the LM ids. :meth:`ARHe
 re-scores them teacher-forced in one causal pass (``sequence_logits`` on ``[BOA, tokens[:n]]``)
 with the same mask, so the two agree to float tolerance. This likelihood is over the masked
 distribution; the imitation ``loss`` keeps its normalization over the whole vocabulary.
+
+Window sampling (binning, ``window`` = w > 0): each step samples only among the bins within w of
+that step's median bin (and EOS), renormalized: exploration local in action space, as a
+continuous head's Gaussian noise is, whose greedy limit is the median decoding of
+``point="median"``. Over the whole masked distribution a 256-bin step can jump to any bin, and
+rollouts sampled that way fail far more often than greedy ones. The centre of each step is
+recorded in ``"sample": {"center"}`` and :meth:`ARHead.log_prob` re-scores under the recorded
+centres (as discrete diffusion keeps its recorded unmasking order), so the sampled token is
+always inside the re-scored support even after the params move.
 """
 
 from __future__ import annotations
@@ -220,13 +229,23 @@ class ARHead:
     allowed = (ids >= self.layout.action_start) | (ids == self.layout.special(EOS))
     return jnp.where(allowed, logits, -jnp.inf)
 
+  def _median_bin(self, masked: Array) -> Array:
+    """int32 [...]: the median bin (action id) of masked logits [..., V]."""
+    return action_tokens.greedy_bin(masked[..., self.layout.action_start:], "median")
+
+  def _windowed(self, masked: Array, center: Array, window: int) -> Array:
+    """Masked logits [..., V] with every action id farther than ``window`` bins from
+    ``center`` int [...] (an action id) at -inf; EOS and the rest unchanged."""
+    bins = jnp.arange(masked.shape[-1]) - self.layout.action_start
+    far = (bins >= 0) & (jnp.abs(bins - center[..., None]) > window)
+    return jnp.where(far, -jnp.inf, masked)
+
   def _pick(self, logits: Array, key: Array, temperature: float,
             point: str = "mode") -> tuple[Array, Array, Array]:
     """``(next LM id int32 [B], its log-prob float32 [B], its probability at temperature 1
-    float32 [B])`` from logits [B, V] restricted to the action block and EOS; greedy (log-prob
-    0) at ``temperature <= 0``, picking the ``point`` of the action block unless EOS is the
-    argmax."""
-    logits = self._masked_logits(logits)
+    float32 [B])`` from masked logits [B, V] (``_masked_logits``: the action block and EOS);
+    greedy (log-prob 0) at ``temperature <= 0``, picking the ``point`` of the action block
+    unless EOS is the argmax."""
     if temperature <= 0:
       token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
       if point != "mode":
@@ -242,17 +261,20 @@ class ARHead:
     picked = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0]
     return token, logp, jnp.exp(picked - jax.nn.logsumexp(logits, axis=-1))
 
-  def _decode(self, params, obs, rng, use_cache: bool, temperature: float,
-              point: str = "mode") -> tuple[Array, Array, Array, Array, Array]:
+  def _decode(self, params, obs, rng, use_cache: bool, temperature: float, point: str = "mode",
+              window: int = 0) -> tuple[Array, Array, Array, Array, Array, Array]:
     """Decodes ``(lm_ids int32 [B, n + 1], num_steps int32 [], log_prob float32 [B],
-    confidence float32 [B], num_tokens int32 [B])``; after its EOS a row is EOS. ``log_prob`` sums the picked tokens'
-    log-probs up to and including the first EOS (0 when greedy); ``confidence`` is the mean
-    probability (masked distribution, temperature 1) of the picked action tokens before the
-    first EOS (HybridVLA's gate; 0 for a row with none); ``num_tokens`` counts those tokens."""
+    confidence float32 [B], num_tokens int32 [B], centers int32 [B, n + 1])``; after its EOS a
+    row is EOS. ``log_prob`` sums the picked tokens' log-probs up to and including the first
+    EOS (0 when greedy); ``confidence`` is the mean probability (masked distribution,
+    temperature 1) of the picked action tokens before the first EOS (HybridVLA's gate; 0 for a
+    row with none); ``num_tokens`` counts those tokens; ``centers`` are the median bins that
+    centred each step's window (``window`` > 0, module docstring; else unused)."""
     mod, n = self.module, self.max_tokens
     eos = self.layout.special(EOS)
     b = obs["obs_mask"].shape[0]
     out = jnp.full((b, n + 1), eos, jnp.int32)
+    centers = jnp.zeros((b, n + 1), jnp.int32)
     first = jnp.full((b,), self.layout.special(BOA), jnp.int32)
     done = jnp.zeros((b,), bool)
     if use_cache:
@@ -283,22 +305,28 @@ class ARHead:
       return (i < n + 1) & ~jnp.all(done)
 
     def body(carry):
-      i, token, out, done, state, log_prob, prob_sum = carry
+      i, token, out, done, state, log_prob, prob_sum, centers = carry
       logits, state = logits_at(i, token, state)
-      picked, logp, prob = self._pick(logits, jax.random.fold_in(rng, i), temperature, point)
+      masked = self._masked_logits(logits)
+      if window:
+        center = self._median_bin(masked)
+        masked = self._windowed(masked, center, window)
+        centers = centers.at[:, i].set(center)
+      picked, logp, prob = self._pick(masked, jax.random.fold_in(rng, i), temperature, point)
       nxt = jnp.where(done, eos, picked)
       log_prob = log_prob + jnp.where(done, 0.0, logp)  # Up to and including the first EOS.
       prob_sum = prob_sum + jnp.where(done | (nxt == eos), 0.0, prob)  # Action tokens only.
       out = out.at[:, i].set(nxt)
       if not use_cache:  # The next input; at i = n the write clamps to the unused last slot.
         state = jax.lax.dynamic_update_slice_in_dim(state, nxt[:, None], i + 1, axis=1)
-      return i + 1, nxt, out, done | (nxt == eos), state, log_prob, prob_sum
+      return i + 1, nxt, out, done | (nxt == eos), state, log_prob, prob_sum, centers
 
     zeros = jnp.zeros((b,), jnp.float32)
-    init = (jnp.int32(0), first, out, done, state, zeros, zeros)
-    i, _, out, _, _, log_prob, prob_sum = jax.lax.while_loop(cond, body, init)
+    init = (jnp.int32(0), first, out, done, state, zeros, zeros, centers)
+    i, _, out, _, _, log_prob, prob_sum, centers = jax.lax.while_loop(cond, body, init)
     count = jnp.sum(jnp.cumsum(out == eos, axis=1) == 0, axis=1)  # Tokens before the first EOS.
-    return out, i, log_prob, prob_sum / jnp.maximum(count, 1), count.astype(jnp.int32)
+    return (out, i, log_prob, prob_sum / jnp.maximum(count, 1), count.astype(jnp.int32),
+            centers)
 
   def sample_tokens(self, params, obs, rng, use_cache: bool = True) -> tuple[Array, Array]:
     """Decodes ``(lm_ids int32 [B, n + 1], num_steps int32 [])`` at the head's temperature;
@@ -327,34 +355,51 @@ class ARHead:
     (None = the head's) is the greedy pick, see the class docstring."""
     point = self.point if point is None else point
     self._check_point(point, "ARHead.sample")
-    lm_ids, steps, _, confidence, count = self._decode(params, obs, rng, use_cache,
-                                                       self.temperature, point)
+    lm_ids, steps, _, confidence, count, _ = self._decode(params, obs, rng, use_cache,
+                                                          self.temperature, point)
     actions, valid = self._actions(lm_ids)
     return {"actions": actions, "valid": valid, "tokens": lm_ids, "confidence": confidence,
             "num_tokens": count, "nfe": steps}
 
+  def _check_window(self, window: int, where: str) -> None:
+    if window < 0 or (window and not isinstance(self.tokenizer,
+                                                action_tokens.binning.BinningTokenizer)):
+      raise ValueError(f"{where}: window={window} must be >= 0, and > 0 needs the binning "
+                       "tokenizer (FAST ids are not ordered bins)")
+
   def sample_stochastic(self, params, obs, rng, temperature: float = 1.0,
-                        use_cache: bool = True) -> dict[str, Array]:
-    """Samples at ``temperature`` (> 0) with its log-likelihood (RL; module docstring).
+                        use_cache: bool = True, window: int = 0) -> dict[str, Array]:
+    """Samples at ``temperature`` (> 0) with its log-likelihood (RL; module docstring), over
+    the whole masked distribution (``window = 0``) or within ``window`` bins of each step's
+    median bin (window sampling, module docstring).
 
     Returns:
       ``{"actions" float32 [B, H, D] (NaN where invalid), "valid" bool [B], "log_prob" float32
-      [B], "sample": {"tokens": int32 [B, n + 1] (LM ids, EOS after the first EOS)}, "nfe" int32
-      []}``; ``log_prob`` equals :meth:`log_prob` of ``"sample"`` at the same temperature.
+      [B], "sample": {"tokens": int32 [B, n + 1] (LM ids, EOS after the first EOS)[, "center":
+      int32 [B, n + 1] (each step's window centre, a bin; only with a window)]}, "nfe" int32
+      []}``; ``log_prob`` equals :meth:`log_prob` of ``"sample"`` with the same options.
     """
     _check_temperature(temperature, "ARHead.sample_stochastic")
-    lm_ids, steps, log_prob, *_ = self._decode(params, obs, rng, use_cache, temperature)
+    self._check_window(window, "ARHead.sample_stochastic")
+    lm_ids, steps, log_prob, _, _, centers = self._decode(params, obs, rng, use_cache,
+                                                          temperature, window=window)
     actions, valid = self._actions(lm_ids)
-    return {"actions": actions, "valid": valid, "log_prob": log_prob,
-            "sample": {"tokens": lm_ids}, "nfe": steps}
+    sample = {"tokens": lm_ids, **({"center": centers} if window else {})}
+    return {"actions": actions, "valid": valid, "log_prob": log_prob, "sample": sample,
+            "nfe": steps}
 
   def log_prob(self, params, obs, sample: Mapping[str, Array],
-               temperature: float = 1.0) -> Array:
+               temperature: float = 1.0, window: int = 0) -> Array:
     """Teacher-forced log-likelihood float32 [B] of ``sample["tokens"]`` int [B, n + 1] (LM ids)
     under the decoding distribution at ``temperature`` (> 0): one causal pass over ``[BOA,
-    tokens[:, :n]]``, the masked logits (action block and EOS) / temperature, summed up to and
-    including each row's first EOS. Differentiable w.r.t. ``params``."""
+    tokens[:, :n]]``, the masked logits (action block and EOS; with ``window`` > 0 only the
+    bins within ``window`` of ``sample["center"]`` int [B, n + 1]) / temperature, summed up to
+    and including each row's first EOS. Differentiable w.r.t. ``params``."""
     _check_temperature(temperature, "ARHead.log_prob")
+    self._check_window(window, "ARHead.log_prob")
+    if window and "center" not in sample:
+      raise KeyError(f"ARHead.log_prob: window={window} needs sample['center'] (the window "
+                     "centres recorded by sample_stochastic with the same window)")
     tokens = jnp.asarray(sample["tokens"], jnp.int32)
     b, n1 = tokens.shape
     if n1 != self.max_tokens + 1:
@@ -363,7 +408,10 @@ class ARHead:
     inputs = jnp.concatenate([jnp.full((b, 1), self.layout.special(BOA), jnp.int32),
                               tokens[:, :-1]], axis=1)
     logits = self.module.apply({"params": params}, obs, inputs, method=ARModule.sequence_logits)
-    logp = jax.nn.log_softmax(self._masked_logits(logits) / temperature, axis=-1)
+    masked = self._masked_logits(logits)
+    if window:
+      masked = self._windowed(masked, jnp.asarray(sample["center"], jnp.int32), window)
+    logp = jax.nn.log_softmax(masked / temperature, axis=-1)
     logp = jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
     is_eos = (tokens == self.layout.special(EOS)).astype(jnp.int32)
     live = (jnp.cumsum(is_eos, axis=1) - is_eos) == 0  # No EOS strictly before this slot.
