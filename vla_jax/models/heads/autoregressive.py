@@ -125,10 +125,14 @@ class ARHead:
     horizon, action_dim: H, D.
     max_tokens: n, action-token slots (H * D for binning; the FAST cap).
     temperature: 0 = greedy.
-    first_step_weight: binning only: the loss weight of the chunk's first step's D tokens
-      relative to the others (1 = plain next-token cross-entropy). Later steps are nearly copies
-      of earlier ones, so the plain loss is dominated by copying; the first step is the only one
-      predicted from the observation alone (issue 17, docs/experiments/heads.md).
+    first_step_weight: the loss weight of the sequence's first D tokens relative to the
+      others (1 = plain next-token cross-entropy). Binning: the chunk's first step. Later steps
+      are nearly copies of earlier ones, so the plain loss is dominated by copying; the first
+      step is the only one predicted from the observation alone (issue 17,
+      docs/experiments/heads.md). FAST: the first tokens of the BPE sequence, which code the
+      lowest DCT frequencies (the chunk's mean per dimension, first; FAST orders coefficients
+      low frequency first): the part fixed by the observation, while the later, mostly
+      near-zero high-frequency tokens are the easy majority.
     point: binning, greedy decoding only: which bin a step picks, ``"mode"`` (argmax) or
       ``"median"`` of the action-token distribution (:func:`action_tokens.greedy_bin`; EOS when
       it is the argmax); ``sample(point=...)`` overrides it.
@@ -145,11 +149,7 @@ class ARHead:
   point: str = "mode"
 
   def __post_init__(self):
-    binning = isinstance(self.tokenizer, action_tokens.binning.BinningTokenizer)
     self._check_point(self.point, "ARHead")
-    if self.first_step_weight != 1.0 and not binning:
-      raise ValueError(f"ARHead: first_step_weight={self.first_step_weight} needs the binning "
-                       "tokenizer (FAST tokens are not per chunk step; policy.ar)")
     if not self.first_step_weight >= 0:
       raise ValueError(f"ARHead: first_step_weight={self.first_step_weight} must be >= 0")
 
