@@ -280,6 +280,32 @@ def test_ar_first_step_weight_reweights_the_first_steps_tokens(data):
   assert abs(l3 - l1) > 1e-3 * l1  # The weight changes the loss (the two parts differ).
 
 
+def test_ar_fast_first_step_weight_reweights_the_first_tokens(data):
+  """FAST: the weight scales the BPE sequence's first D tokens (the lowest DCT frequencies); the
+  loss at w = 3 follows from w = 0 and 1 as for binning, with the counts from the token mask
+  (the identity holds for any params: the untrained head, no training cost)."""
+  pol = policy_and_trainer("ar_fast")[0]
+  fast_tokens = pipeline.action_token_batch(fast_tokenizer(), np.asarray(data[0]["actions"]),
+                                            H * D)
+  batch = {**data[0], **jax.tree.map(jnp.asarray, fast_tokens)}
+  params = jax.jit(pol.init)(jax.random.key(0), batch)
+  lengths = np.asarray(fast_tokens["action_token_mask"]).sum(1)
+  assert (lengths >= D).all()
+  n_a = D * len(lengths)
+  n_b = int(lengths.sum()) + len(lengths) - n_a  # + the closing EOS of each row
+
+  def loss(w):
+    head = dataclasses.replace(pol.head, first_step_weight=w)
+    value, metrics = jax.jit(head.loss)(params, batch, jax.random.key(0))
+    return float(value), float(metrics["ce"])
+  (l0, ce0), (l1, ce1), (l3, ce3) = loss(0.0), loss(1.0), loss(3.0)
+  b = l0 * n_b
+  a = l1 * (n_a + n_b) - b
+  np.testing.assert_allclose(l3, (3 * a + b) / (3 * n_a + n_b), rtol=1e-4)
+  np.testing.assert_allclose([ce0, ce3], [ce1, ce1], rtol=1e-6)
+  assert abs(l3 - l1) > 1e-3 * l1
+
+
 def test_discrete_diffusion_first_step_weight_reweights_the_first_steps_slots(data):
   """The weight scales only the first chunk step's masked slots: at w = 1 the loss is the plain
   masked cross-entropy, the reported metric is that unweighted one at every w, and the loss is a
