@@ -100,7 +100,9 @@ def get_config(arg=None):
     c.data.norm_mode = "quantile"
   if a.head == "ar_fast":
     c.policy.ar.tokenizer = "fast"
-    c.policy.ar.first_step_weight = 1.0  # FAST tokens are not per chunk step.
+    # FAST tokens are not per chunk step; weighting its first D tokens x8 broke decoding (231 of
+    # 512 chunks invalid, dev 1%, docs/experiments/heads.md).
+    c.policy.ar.first_step_weight = 1.0
     c.policy.ar.point = "mode"  # FAST ids are BPE merges, not ordered bins.
   c.text_vocab_size = 384  # text tokenizer fitted on the instruction corpus (byte BPE >= 259)
   c.fast = ml_collections.ConfigDict({"scale": 10.0, "vocab_size": 256})  # ar_fast only
