@@ -14,10 +14,11 @@ Expected (2026-12-02, fresh clone, 2-core CPU machine): 83.5% [79.5, 86.8] mean 
 ``test`` seed block (n = 400; reach 100%, push 55%, pick_place 82%, lift 97%) in 22.0 min on an
 idle machine (31.8 min with another process sharing the cores; the same checkpoint both times).
 
-Other heads (2026-12-07): at the flow head's training wall-clock (experiments/compare_heads.py,
-``test`` block, n = 400) diffusion 82.2% [78.2, 85.7] (6045 steps), ar 58.5% [53.6, 63.2] (4567
-steps, median decoding); on ``dev`` at 6000 steps ar 68.0% [61.2, 74.1] (n = 200), and
-discrete_diffusion 38.0% [29.1, 47.8] at 2000 steps (n = 100). docs/experiments/heads.md.
+Other heads (2026-12-07) at the flow head's training wall-clock (experiments/compare_heads.py,
+``test`` block, n = 400): diffusion 82.2% [78.2, 85.7] (6045 steps), hybrid 60.2% [55.4, 64.9]
+(3110), ar 58.5% [53.6, 63.2] (4567, median decoding), discrete_diffusion 52.5% [47.6, 57.3]
+(4734), ar_fast 2.8% [1.5, 4.9] (2484); ar at 6000 steps: 68.0% [61.2, 74.1] on ``dev`` (n =
+200). Table: docs/experiments/compare_heads/compare_heads.md; history: docs/experiments/heads.md.
 History of what was tried and measured: docs/experiments/vla_tiny.md.
 """
 
