@@ -189,12 +189,17 @@ def test_ar_kv_cache_matches_recomputation(data):
   assert (np.asarray(cached)[:, -1] == eos).all()
 
 
-def test_greedy_bin_mode_and_median():
+def test_greedy_bin_mode_median_and_mean():
   probs = np.array([[0.3, 0.0, 0.0, 0.25, 0.25, 0.2], [0.0, 0.1, 0.8, 0.1, 0.0, 0.0]])
   logits = jnp.log(jnp.asarray(probs) + 1e-12)
   np.testing.assert_array_equal(action_tokens.greedy_bin(logits, "mode"), [0, 2])
   # Row 0: the CDF reaches 1/2 at bin 3 (0.55), inside the mass the lone peak at 0 misses.
   np.testing.assert_array_equal(action_tokens.greedy_bin(logits, "median"), [3, 2])
+  # Row 0's expected bin: 0.75 + 1.0 + 1.0 = 2.75 -> 3; row 1's: 0.1 + 1.6 + 0.3 = 2.
+  np.testing.assert_array_equal(action_tokens.greedy_bin(logits, "mean"), [3, 2])
+  probs = np.array([[0.5, 0.0, 0.0, 0.0, 0.0, 0.5], [0.0, 0.0, 0.0, 0.0, 0.4, 0.6]])
+  np.testing.assert_array_equal(
+      action_tokens.greedy_bin(jnp.log(jnp.asarray(probs) + 1e-12), "mean"), [2, 5])
 
 
 def test_ar_median_decoding_picks_each_steps_median_bin(data):
@@ -222,7 +227,7 @@ def test_ar_median_decoding_picks_each_steps_median_bin(data):
   mode = np.asarray(jax.jit(head.sample)(params, obs, jax.random.key(0))["tokens"])
   assert (mode != tokens).any()
   with pytest.raises(ValueError, match="point must be one of"):
-    head.sample(params, obs, jax.random.key(0), point="mean")
+    head.sample(params, obs, jax.random.key(0), point="average")
 
 
 def test_soft_bin_targets_are_a_discretized_gaussian_around_the_bin():

@@ -133,9 +133,10 @@ class ARHead:
       lowest DCT frequencies (the chunk's mean per dimension, first; FAST orders coefficients
       low frequency first): the part fixed by the observation, while the later, mostly
       near-zero high-frequency tokens are the easy majority.
-    point: binning, greedy decoding only: which bin a step picks, ``"mode"`` (argmax) or
-      ``"median"`` of the action-token distribution (:func:`action_tokens.greedy_bin`; EOS when
-      it is the argmax); ``sample(point=...)`` overrides it.
+    point: binning, greedy decoding only: which bin a step picks, ``"mode"`` (argmax),
+      ``"median"`` or ``"mean"`` of the action-token distribution
+      (:func:`action_tokens.greedy_bin`; EOS when it is the argmax); ``sample(point=...)``
+      overrides it.
   """
 
   module: ARModule

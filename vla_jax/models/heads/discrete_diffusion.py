@@ -160,8 +160,8 @@ class DiscreteDiffusionHead:
       steps can be inferred from their neighbours, the first only from the observation.
     label_sigma: std in bins of the ordinal soft targets of the masked cross-entropy
       (:func:`action_tokens.soft_bin_targets`; 0 = one-hot).
-    point: greedy decoding only: each round's candidate bin, ``"mode"`` (argmax) or ``"median"``
-      of the slot's distribution (:func:`action_tokens.greedy_bin`); ``sample(point=...)``
+    point: greedy decoding only: each round's candidate bin, ``"mode"`` (argmax), ``"median"``
+      or ``"mean"`` of the slot's distribution (:func:`action_tokens.greedy_bin`); ``sample(point=...)``
       overrides it.
   """
 
