@@ -71,12 +71,15 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
       first_step_weight (binning: loss weight of the chunk's first step's tokens; 1 = plain),
       slot_embedding (a learned embedding per suffix slot; default False = RoPE positions only:
       with it the AR head ignored the image, dev 21% -> 4% at 2000 steps), point (binning,
-      greedy: "mode" = argmax bin, "median" = the median bin of each step's distribution).
+      greedy: "mode" = argmax bin, "median" = the median bin of each step's distribution,
+      "mean" = its expected bin), expert (the action tokens run in their own Gemma expert
+      stream shaped by ``flow``'s expert_width / expert_mlp_dim, as pi0's action expert;
+      False = in the LM).
     discrete_diffusion: num_bins, rounds (12), temperature, remask_threshold,
       first_step_weight (loss weight of the chunk's first step's masked slots; 1 = plain),
       slot_embedding (a learned embedding per token slot, default; False = RoPE positions
       only: dev 2% -> 14% at 2000 steps with it, docs/experiments/heads.md), point (greedy
-      candidates: "mode" | "median", as ar.point), label_sigma (std in bins of ordinal
+      candidates: "mode" | "median" | "mean", as ar.point), label_sigma (std in bins of ordinal
       soft targets for the masked cross-entropy, HL-Gauss; 0 = one-hot).
     hybrid (HybridVLA: ``flow`` and ``ar`` binning on one backbone, shaped by those sections):
       ar_loss_weight (1), threshold (the AR confidence above which the two predictions are
@@ -106,7 +109,7 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
                     "clip_sample": 1.0, "denoiser": "mlp", "prediction": "epsilon"},
       "ar": {"tokenizer": "binning", "num_bins": 256, "max_fast_tokens": 64,
              "temperature": 0.0, "first_step_weight": 1.0, "slot_embedding": False,
-             "point": "mode"},
+             "point": "mode", "expert": False},
       "discrete_diffusion": {"num_bins": 256, "rounds": 12, "temperature": 0.0,
                              "remask_threshold": 0.5, "first_step_weight": 1.0,
                              "slot_embedding": True, "point": "mode", "label_sigma": 0.0},
@@ -294,6 +297,9 @@ def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_ho
                      f"'{config.ar.tokenizer}'")
   if head == "hybrid":
     hc = config.ar  # The token part's bins and options.
+    if hc.get("expert", False):
+      raise ValueError("policy config: head 'hybrid' needs ar.expert=False (its AR part reads "
+                       "the flow head's backbone, whose expert stream is the flow expert)")
   if kind not in ("binning", "fast"):
     raise ValueError(f"policy config: ar.tokenizer='{kind}' not in ('binning', 'fast')")
   tok = action_tokenizer
@@ -328,7 +334,9 @@ def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_ho
     h = hybrid_lib.HybridHead(fh, ar, yc.ar_loss_weight, yc.threshold, yc.mode)
   elif head == "ar":
     n = action_tokens.max_tokens(tok, action_horizon, hc.max_fast_tokens)
-    h = ar_lib.ARHead(ar_lib.ARModule(bb, state_dim, (n + 1) * hc.get("slot_embedding", False)),
+    ar_expert = expert_config(config) if hc.get("expert", False) else None
+    h = ar_lib.ARHead(ar_lib.ARModule(bb, state_dim, (n + 1) * hc.get("slot_embedding", False),
+                                      ar_expert),
                       tok, layout, action_horizon, action_dim, n, hc.temperature,
                       hc.get("first_step_weight", 1.0), hc.get("point", "mode"))
   else:
@@ -343,7 +351,8 @@ def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_ho
 
 
 def expert_config(config: ml_collections.ConfigDict) -> gemma.GemmaConfig:
-  """The flow head's action-expert shape implied by ``config`` (for inspection / weights)."""
+  """The action-expert shape implied by ``config`` (the flow head's, the diffusion head's expert
+  denoiser, the AR head's with ``ar.expert``)."""
   llm = vlm.VLMConfig.from_config(config.backbone).llm
   return dataclasses.replace(llm, width=config.flow.expert_width,
                              mlp_dim=config.flow.expert_mlp_dim, vocab_size=0)

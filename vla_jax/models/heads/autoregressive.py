@@ -8,6 +8,12 @@ never on the prefix. ``n`` is H * D for binning (steps past the episode end, ``a
 False, are left out of the loss) and the FAST sequence length (at most ``max_fast_tokens``; FAST
 codes a whole chunk, so padded steps stay in its target). Ids: see :mod:`.action_tokens`.
 
+Action expert (``ARModule.expert`` set, ``policy.ar.expert``): the suffix runs in its own Gemma
+expert stream, as the flow head's action expert does (pi0): separate weights in every layer,
+sharing attention with the LM's prefix, with its own token embedding table (tied with its output
+layer) over the same LM ids. Only the prefix then uses the LM's weights; the action tokens get
+parameters of their own instead of sharing the LM's capacity with the image and instruction.
+
 Where the tokens come from: binning encodes ``batch["actions"]`` inside the step (pure jnp). FAST's
 BPE runs in Python, so its tokens come with the batch from the input pipeline (as text tokens do):
 ``action_tokens`` int32 [B, n] (tokenizer ids, 0 after the sequence) and ``action_token_mask`` bool
@@ -64,35 +70,60 @@ BOA, EOS = 0, 1  # Special ids of the layout (begin-of-action, end-of-sequence).
 
 
 class ARModule(nn.Module):
-  """Backbone whose LM predicts action tokens; one-shot methods (loops in :class:`ARHead`).
+  """Backbone whose LM (or action expert) predicts action tokens; one-shot methods (loops in
+  :class:`ARHead`).
 
   ``num_slots`` > 0 adds a learned embedding per suffix slot (float [num_slots, W]; slot 0 is
   BOA) to the input tokens' embeddings, as the discrete diffusion head's: which chunk step and
   action dimension a slot predicts is then an input, not only a RoPE position.
+
+  ``expert`` (a Gemma shape, or None): the suffix runs in that expert stream with its own tied
+  token embedding ``expert_embedder`` float [V, We] (module docstring); None: in the LM itself.
   """
 
   backbone_config: vlm.VLMConfig
   state_dim: int
   num_slots: int = 0
+  expert: gemma.GemmaConfig | None = None
 
   def setup(self):
-    self.backbone = common.Backbone(self.backbone_config, (), self.state_dim)
+    experts = () if self.expert is None else (self.expert,)
+    self.backbone = common.Backbone(self.backbone_config, experts, self.state_dim)
+    width = self.backbone_config.llm.width if self.expert is None else self.expert.width
+    if self.expert is not None:
+      self.expert_embedder = nn.Embed(self.backbone_config.llm.vocab_size, width,
+                                      embedding_init=nn.initializers.normal(width ** -0.5))
     if self.num_slots:
       self.slot_embedding = self.param("slot_embedding", nn.initializers.normal(1.0),
-                                       (self.num_slots, self.backbone_config.llm.width))
+                                       (self.num_slots, width))
 
   def _embed(self, tokens: Array, slots: Array) -> Array:
-    """int [B, L] LM ids at suffix slots ``slots`` int [L] -> [B, L, W]."""
-    emb = self.backbone.embed_tokens(tokens)
+    """int [B, L] LM ids at suffix slots ``slots`` int [L] -> [B, L, W] (We with an expert)."""
+    if self.expert is None:
+      emb = self.backbone.embed_tokens(tokens)
+    else:  # Scaled by sqrt(We), as Gemma scales its embedding.
+      emb = self.expert_embedder(tokens) * self.expert.width ** 0.5
     if self.num_slots:
       emb = emb + jnp.take(self.slot_embedding, slots, axis=0).astype(emb.dtype)[None]
     return emb
+
+  def _logits(self, hidden: Array) -> Array:
+    """Final-normed suffix hidden [..., W or We] -> float32 logits [..., V] (tied)."""
+    if self.expert is None:
+      return self.backbone.logits(hidden)
+    return self.expert_embedder.attend(hidden.astype(jnp.float32))
 
   def sequence_logits(self, obs: Mapping[str, Array], inputs: Array) -> Array:
     """Joint pass over ``[prefix | inputs]`` (causal suffix) -> logits float32 [B, Ls, V]."""
     emb, prefix_mask = self.backbone.embed_prefix(obs)
     b, p = prefix_mask.shape
     ls = inputs.shape[1]
+    if self.expert is not None:
+      tokens = self._embed(inputs, jnp.arange(ls))
+      positions = common.suffix_positions(prefix_mask, ls)
+      mask = common.suffix_mask(prefix_mask, jnp.zeros((ls,), jnp.int32), causal=True)
+      hidden = self.backbone.run_joint(emb, prefix_mask, [None, tokens], positions, mask)[1]
+      return self._logits(hidden)
     tokens = self._embed(inputs, jnp.arange(ls)).astype(emb.dtype)
     mask = jnp.concatenate([prefix_mask, jnp.ones((b, ls), bool)], axis=1)
     ar = jnp.concatenate([jnp.zeros((b, p), jnp.int32), jnp.ones((b, ls), jnp.int32)], axis=1)
@@ -110,8 +141,9 @@ class ARModule(nn.Module):
     """One cached step: token int [B] at suffix slot ``slot`` int [], position int [B],
     key_mask bool [B, S_max] -> ``(logits float32 [B, V], cache)``."""
     emb = self._embed(token[:, None], jnp.reshape(slot, (1,)))
-    (hidden,), cache = self.backbone.vlm([emb], position[:, None], key_mask[:, None, :], cache)
-    return self.backbone.logits(hidden[:, 0]), cache
+    streams = [emb] if self.expert is None else [None, emb]
+    hidden, cache = self.backbone.vlm(streams, position[:, None], key_mask[:, None, :], cache)
+    return self._logits(hidden[-1][:, 0]), cache
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # Hashed by identity (jit of bound methods).
