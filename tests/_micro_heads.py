@@ -29,10 +29,11 @@ def fast_tokenizer():
 
 def micro_config(head: str, llm_depth: int = 2):
   """Micro backbone: ViT 1 x 32 over 16 x 16 images (4 tokens), Gemma ``llm_depth`` x 32, action
-  expert width 16; ``head`` may be "ar_fast" (the AR head with FAST tokens), "ar_expert" (AR
-  binning in its own action expert) or "diffusion_expert" (the diffusion head with pi0's action
-  expert as its denoiser, predicting v)."""
-  base = {"ar_fast": "ar", "ar_expert": "ar", "diffusion_expert": "diffusion"}.get(head, head)
+  expert width 16; ``head`` may be "ar_fast" (the AR head with FAST tokens), "ar_expert" /
+  "discrete_diffusion_expert" (the token head in its own action expert) or "diffusion_expert"
+  (the diffusion head with pi0's action expert as its denoiser, predicting v)."""
+  base = {"ar_fast": "ar", "ar_expert": "ar", "diffusion_expert": "diffusion",
+          "discrete_diffusion_expert": "discrete_diffusion"}.get(head, head)
   c = policy_lib.default_policy_config(base)
   c.backbone.vit.update(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=8, image_size=16,
                         head_dim=32)
@@ -47,6 +48,7 @@ def micro_config(head: str, llm_depth: int = 2):
   if head == "ar_fast":
     c.ar.update(tokenizer="fast", max_fast_tokens=H * D)
   c.discrete_diffusion.num_bins = 64
+  c.discrete_diffusion.expert = head == "discrete_diffusion_expert"
   return c
 
 

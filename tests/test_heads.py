@@ -30,8 +30,10 @@ STEPS, LR = 1000, 3e-3
 # half-bin error of 1/64 ~ 0.016, so 0.05 allows one neighbouring bin; continuous heads: 0.1.
 # FAST at scale 10 rounds DCT coefficients to 0.05, spread over time by the inverse DCT: 0.1.
 TOLERANCE = {"flow": 0.1, "diffusion": 0.1, "ar": 0.05, "discrete_diffusion": 0.05,
-             "ar_fast": 0.1, "diffusion_expert": 0.1, "hybrid": 0.1, "ar_expert": 0.05}
-HEADS = (*policy_lib.HEADS, "ar_fast", "diffusion_expert", "ar_expert")
+             "ar_fast": 0.1, "diffusion_expert": 0.1, "hybrid": 0.1, "ar_expert": 0.05,
+             "discrete_diffusion_expert": 0.05}
+HEADS = (*policy_lib.HEADS, "ar_fast", "diffusion_expert", "ar_expert",
+         "discrete_diffusion_expert")
 # Negative control. With the image blanked, the two rows naming one object (in two images) get
 # one observation, as do the two rows of one image with the text blanked; their targets end in
 # distinct grid cells, >= 0.4 apart, so one answer for both misses by >= 0.2 on average. Seen

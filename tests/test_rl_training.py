@@ -261,6 +261,10 @@ def test_rl_job_checks_env_and_init_checkpoint(tmp_path):
   # A token head has no action expert: freezing the VLM would leave it nothing to train.
   rl_job.check_trainable_reaches_head(policy_lib.FREEZE_BACKBONE, "flow")
   rl_job.check_trainable_reaches_head(".*", "ar")
-  rl_job.check_trainable_reaches_head(policy_lib.FREEZE_BACKBONE, "ar", ar_expert=True)
+  rl_job.check_trainable_reaches_head(policy_lib.FREEZE_BACKBONE, "ar", token_expert=True)
+  rl_job.check_trainable_reaches_head(policy_lib.FREEZE_BACKBONE, "discrete_diffusion",
+                                      token_expert=True)
+  with pytest.raises(ValueError, match=r"'hybrid' head predicts its tokens with the LM"):
+    rl_job.check_trainable_reaches_head(policy_lib.FREEZE_BACKBONE, "hybrid", token_expert=True)
   with pytest.raises(ValueError, match=r"'ar' head predicts its tokens with the LM"):
     rl_job.check_trainable_reaches_head(policy_lib.FREEZE_BACKBONE, "ar")

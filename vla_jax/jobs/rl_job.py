@@ -106,17 +106,17 @@ def check_env_matches_policy(env: tabletop.TabletopEnv, policy, init_workdir: st
                        "was trained in (its config.collect.env)")
 
 
-def check_trainable_reaches_head(trainable: str, head: str, ar_expert: bool = False) -> None:
+def check_trainable_reaches_head(trainable: str, head: str, token_expert: bool = False) -> None:
   """Raises ValueError when ``train.trainable`` freezes the VLM of a head that predicts with the
   LM itself (token heads: their logits are the LM's tied embedding), which would leave it
-  nothing to learn with; an AR head with its own action expert (``ar_expert``) can train it
-  alone."""
+  nothing to learn with; an AR or discrete diffusion head with its own action expert
+  (``token_expert``: ``policy.<head>.expert``) can train that alone."""
   if trainable == policy_lib.FREEZE_BACKBONE and head in TOKEN_HEADS and not (
-      head == "ar" and ar_expert):
+      head in ("ar", "discrete_diffusion") and token_expert):
     raise ValueError(f"train.trainable freezes the VLM (policy.FREEZE_BACKBONE), but the "
                      f"checkpoint's '{head}' head predicts its tokens with the LM itself (no "
                      "action expert): train every param (configs/rl_tiny.py: train=all), or "
-                     "train an AR head with policy.ar.expert=True")
+                     f"train the head with policy.{head}.expert=True")
 
 
 def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str = "",
@@ -132,7 +132,7 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
   rl_config_lib.check_rl_config(rl, base.policy.head)
   rl_step.check_policy_supports(policy, rl)
   check_trainable_reaches_head(config.train.trainable, base.policy.head,
-                               base.policy.ar.get("expert", False))
+                               base.policy.get(base.policy.head, {}).get("expert", False))
   print_fn(f"[rl] starting point: {config.init_workdir} step {loaded.step} "
            f"({base.policy.head} head)", flush=True)
 

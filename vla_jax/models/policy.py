@@ -80,7 +80,7 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
       slot_embedding (a learned embedding per token slot, default; False = RoPE positions
       only: dev 2% -> 14% at 2000 steps with it, docs/experiments/heads.md), point (greedy
       candidates: "mode" | "median" | "mean", as ar.point), label_sigma (std in bins of ordinal
-      soft targets for the masked cross-entropy, HL-Gauss; 0 = one-hot).
+      soft targets for the masked cross-entropy, HL-Gauss; 0 = one-hot), expert (as ar.expert).
     hybrid (HybridVLA: ``flow`` and ``ar`` binning on one backbone, shaped by those sections):
       ar_loss_weight (1), threshold (the AR confidence above which the two predictions are
       averaged; 0.96), mode ("ensemble" | "flow" | "ar": what ``sample`` returns).
@@ -112,7 +112,8 @@ def default_policy_config(head: str = "flow", backbone: str = "tiny") -> ml_coll
              "point": "mode", "expert": False},
       "discrete_diffusion": {"num_bins": 256, "rounds": 12, "temperature": 0.0,
                              "remask_threshold": 0.5, "first_step_weight": 1.0,
-                             "slot_embedding": True, "point": "mode", "label_sigma": 0.0},
+                             "slot_embedding": True, "point": "mode", "label_sigma": 0.0,
+                             "expert": False},
       "hybrid": {"ar_loss_weight": 1.0, "threshold": 0.96, "mode": "ensemble"},
       "init_from": "",
       "init_from_format": "",
@@ -342,7 +343,8 @@ def make_policy(config: ml_collections.ConfigDict, *, action_dim: int, action_ho
   else:
     module = dd_lib.DiscreteDiffusionModule(
         bb, state_dim, layout.action_start, tok.num_bins,
-        action_horizon * action_dim if hc.get("slot_embedding", False) else 0)
+        action_horizon * action_dim if hc.get("slot_embedding", False) else 0,
+        expert_config(config) if hc.get("expert", False) else None)
     h = dd_lib.DiscreteDiffusionHead(module, tok, layout, action_horizon, action_dim, hc.rounds,
                                      hc.temperature, hc.remask_threshold,
                                      hc.get("first_step_weight", 1.0), hc.get("point", "mode"),

@@ -4,7 +4,8 @@ Tokens: a chunk is H * D binning tokens (:mod:`vla_jax.tokenizers.binning`) in t
 with one extra MASK id (layout: :mod:`.action_tokens`). The n = H * D token slots follow the prefix
 in the LM stream as one block: they attend to the valid prefix and bidirectionally to each other;
 the prefix never attends to them. The LM's tied output layer, restricted to the N bin ids, predicts
-every slot.
+every slot; or, with an action expert (``policy.discrete_diffusion.expert``), the slots run in that
+expert's stream (its own weights in every layer, its own tied token embedding), as the AR head's.
 
 Training: per chunk a mask ratio ``r = cos(pi / 2 * u)``, u ~ U(0, 1) (the cosine schedule the
 decoder follows, MaskGIT-style); each slot is replaced by MASK with probability r (at least one
@@ -61,6 +62,10 @@ class DiscreteDiffusionModule(nn.Module):
   embedding) to the slots' token embeddings: in a mostly masked chunk every slot's input is the
   same MASK embedding, so without it a slot knows which step and action dimension it predicts
   only through RoPE's relative positions.
+
+  ``expert`` (a Gemma shape, or None): the slots run in that expert stream with its own tied
+  token embedding ``expert_embedder`` float [V, We], as the AR head's action expert
+  (:class:`.autoregressive.ARModule`); None: in the LM itself.
   """
 
   backbone_config: vlm.VLMConfig
@@ -68,16 +73,26 @@ class DiscreteDiffusionModule(nn.Module):
   action_start: int
   num_bins: int
   num_slots: int = 0
+  expert: gemma.GemmaConfig | None = None
 
   def setup(self):
-    self.backbone = common.Backbone(self.backbone_config, (), self.state_dim)
+    experts = () if self.expert is None else (self.expert,)
+    self.backbone = common.Backbone(self.backbone_config, experts, self.state_dim)
+    width = self.backbone_config.llm.width if self.expert is None else self.expert.width
+    if self.expert is not None:
+      self.expert_embedder = nn.Embed(self.backbone_config.llm.vocab_size, width,
+                                      embedding_init=nn.initializers.normal(width ** -0.5))
     if self.num_slots:
       self.slot_embedding = self.param("slot_embedding", nn.initializers.normal(1.0),
-                                       (self.num_slots, self.backbone_config.llm.width))
+                                       (self.num_slots, width))
 
   def _embed_slots(self, tokens: Array) -> Array:
-    """int [B, n] LM ids -> [B, n, W]: token embeddings (+ the slot embeddings)."""
-    emb = self.backbone.embed_tokens(tokens)
+    """int [B, n] LM ids -> [B, n, W] (We with an expert): token embeddings (+ the slot
+    embeddings)."""
+    if self.expert is None:
+      emb = self.backbone.embed_tokens(tokens)
+    else:  # Scaled by sqrt(We), as Gemma scales its embedding.
+      emb = self.expert_embedder(tokens) * self.expert.width ** 0.5
     if self.num_slots:
       if tokens.shape[1] != self.num_slots:
         raise ValueError(f"DiscreteDiffusionModule: {tokens.shape[1]} token slots, the slot "
@@ -86,7 +101,10 @@ class DiscreteDiffusionModule(nn.Module):
     return emb
 
   def _bin_logits(self, hidden: Array) -> Array:
-    logits = self.backbone.logits(hidden)
+    if self.expert is None:
+      logits = self.backbone.logits(hidden)
+    else:
+      logits = self.expert_embedder.attend(hidden.astype(jnp.float32))
     return logits[..., self.action_start:self.action_start + self.num_bins]
 
   def joint_logits(self, obs: Mapping[str, Array], tokens: Array) -> Array:
@@ -94,6 +112,12 @@ class DiscreteDiffusionModule(nn.Module):
     emb, prefix_mask = self.backbone.embed_prefix(obs)
     b, p = prefix_mask.shape
     n = tokens.shape[1]
+    if self.expert is not None:
+      positions = common.suffix_positions(prefix_mask, n)
+      mask = common.suffix_mask(prefix_mask, jnp.zeros((n,), jnp.int32))
+      hidden = self.backbone.run_joint(emb, prefix_mask, [None, self._embed_slots(tokens)],
+                                       positions, mask)[1]
+      return self._bin_logits(hidden)
     x = jnp.concatenate([emb, self._embed_slots(tokens).astype(emb.dtype)], axis=1)
     mask = jnp.concatenate([prefix_mask, jnp.ones((b, n), bool)], axis=1)
     ar = jnp.zeros((b, p + n), jnp.int32).at[:, p].set(1)
@@ -110,8 +134,9 @@ class DiscreteDiffusionModule(nn.Module):
     n = tokens.shape[1]
     positions = common.suffix_positions(prefix_mask, n)
     mask = common.suffix_mask(prefix_mask, jnp.zeros((n,), jnp.int32))
-    hidden = self.backbone.run_suffix([self._embed_slots(tokens)], prefix_mask,
-                                      positions, mask, cache)[0]
+    x = self._embed_slots(tokens)
+    streams = [x] if self.expert is None else [None, x]
+    hidden = self.backbone.run_suffix(streams, prefix_mask, positions, mask, cache)[-1]
     return self._bin_logits(hidden)
 
 
