@@ -98,7 +98,7 @@ def test_report_from_results_files(tmp_path):
     text = f.read()
   assert "| flow (pi0 expert, M = 4) | 100/100 | 55/100 | 82/100 | 97/100 | **83.5% [79.5, 86.8] " \
       "(n=400)** | 3 | 2.0 | 0.0 | 1000 | 3.3 | 10.0 |" in text, text
-  assert "| AR binning | not run yet |" in text
+  assert "| AR binning (action expert) | not run yet |" in text
   assert "| hybrid (flow + AR binning, ensemble) (averaged on 25% of first chunks) | 100/100 |" \
       in text
   assert "| hybrid, ar head alone | 90/100 | 5/100 | 10/100 | 80/100 |" in text

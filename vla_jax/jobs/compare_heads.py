@@ -55,7 +55,7 @@ VARIANTS: dict[str, Variant] = {
     "flow": Variant("flow", label="flow (pi0 expert, M = 4)"),
     "hybrid": Variant("hybrid", label="hybrid (flow + AR binning, ensemble)"),
     "diffusion": Variant("diffusion", label="diffusion (expert denoiser, v)"),
-    "ar": Variant("ar", label="AR binning"),
+    "ar": Variant("ar", label="AR binning (action expert)"),
     "ar_fast": Variant("ar_fast", label="AR FAST"),
     "discrete_diffusion": Variant("discrete_diffusion", label="discrete diffusion"),
     # Mini-Diffuser's level-2 minibatching: M noised copies per conditioning (flow uses M = 4).
