@@ -15,12 +15,11 @@ Expected (2026-12-02, fresh clone, 2-core CPU machine): 83.5% [79.5, 86.8] mean 
 idle machine (31.8 min with another process sharing the cores; the same checkpoint both times).
 
 Other heads (2026-12-07) at the flow head's training wall-clock (experiments/compare_heads.py,
-``test`` block, n = 400): diffusion 82.2% [78.2, 85.7] (6045 steps), hybrid 60.2% [55.4, 64.9]
-(3110), ar 58.5% [53.6, 63.2] (4567, median decoding), discrete_diffusion 52.5% [47.6, 57.3]
-(4734), ar_fast 2.8% [1.5, 4.9] (2484), all before the AR action expert. ``head=ar`` (action
-expert, 6000 steps, 26.0 min in all, shared): 73.8% [69.2, 77.8] on ``test`` (n = 400; push 37%,
-pick_place 59%). Table: docs/experiments/compare_heads/compare_heads.md; history:
-docs/experiments/heads.md.
+``test`` block, n = 400): diffusion 82.2% [78.2, 85.7] (6045 steps), ar 73.5% [69.0, 77.6] (5050,
+action expert, median decoding), hybrid 60.2% [55.4, 64.9] (3110), discrete_diffusion 52.5%
+[47.6, 57.3] (4734), ar_fast 2.8% [1.5, 4.9] (2484). ``head=ar`` at 6000 steps: 73.8% [69.2,
+77.8] (26.0 min in all, shared). Table: docs/experiments/compare_heads/compare_heads.md;
+history: docs/experiments/heads.md.
 History of what was tried and measured: docs/experiments/vla_tiny.md.
 """
 
