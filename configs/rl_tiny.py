@@ -9,8 +9,8 @@ Args (``:key=value,...``): init_workdir (workdirs/vla_tiny), iterations (300), g
 states per iteration, 8), group_size (G, 8), likelihood (exact | fpo), reward (success | dense),
 tasks (push+pick_place: "+"-separated task families RL trains on, "" = all), eval_episodes
 (before/after, per task: 100), eval_block (test; dev for tuning runs), lr (1e-4), train
-(expert: the VLM is frozen but its action expert; all: needed by token heads without an
-action expert, i.e. all but ``head=ar`` with ``policy.ar.expert``), replan (control steps between decisions during RL: 4 = whole chunks; 0 = the
+(expert: the VLM is frozen but its action expert; all: needed by token heads without one,
+``policy.ar.expert`` / ``policy.discrete_diffusion.expert`` False), replan (control steps between decisions during RL: 4 = whole chunks; 0 = the
 evaluation's), scored (flow: the likelihood scores the chunk's first this many actions; 0 =
 all H). ``--config.rl.algorithm=ppo`` switches to PPO with
 a critic (vla_jax/rl/config.py lists every RL key and the published values they start from).
