@@ -161,10 +161,18 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO_ROOT, "tests", "_training_worker.py")
 
 
+def xla_flags(num_devices: int) -> str:
+  """XLA_FLAGS for a subprocess with ``num_devices`` simulated CPU devices and this process's
+  other flags (conftest.py's compiler settings: a run meant to equal one in this process
+  bit for bit must compile with the same ones)."""
+  return (f"{os.environ.get('XLA_FLAGS', '')} "
+          f"--xla_force_host_platform_device_count={num_devices}").strip()
+
+
 def start_worker(spec: dict, num_devices: int = 1) -> subprocess.Popen:
   """Starts ``_training_worker.py`` with ``num_devices`` simulated CPU devices (set before jax)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+             XLA_FLAGS=xla_flags(num_devices))
   return subprocess.Popen([sys.executable, WORKER, json.dumps(spec)], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -28,6 +28,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
   # TMPDIR pointing here so what a notebook writes to `tempfile` dirs (datasets, checkpoints) is
   # cleaned up with pytest's tmp_path.
   monkeypatch.setenv("TMPDIR", str(tmp_path))
+  # XLA's default optimization, as a user runs the notebook (conftest.py lowers it for the tests).
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
   client = NotebookClient(nb, timeout=300, kernel_name="python3",
                           resources={"metadata": {"path": REPO}})
   client.execute()  # Raises CellExecutionError with the failing cell and traceback.

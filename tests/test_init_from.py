@@ -213,7 +213,7 @@ def test_sharded_placement_frozen_and_resume(tmp_path):
   script = tmp_path / "sharded.py"
   script.write_text(_SHARDED)
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=toy.REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+             XLA_FLAGS=toy.xla_flags(4))
   proc = subprocess.run([sys.executable, str(script), toy.REPO_ROOT, str(tmp_path / "w")],
                         env=env, check=False, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _training_toy import tiny_policy_config
+from _training_toy import tiny_policy_config, xla_flags
 from jax.experimental.compilation_cache import compilation_cache
 
 from vla_jax.jobs import rl_job
@@ -65,7 +65,7 @@ def _start(spec: dict, num_devices: int | None = None) -> subprocess.Popen:
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
              PYTHONPATH=os.path.dirname(os.path.dirname(WORKER)))
   if num_devices is not None:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+    env["XLA_FLAGS"] = xla_flags(num_devices)
   return subprocess.Popen([sys.executable, WORKER, json.dumps(spec)], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
