@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -183,13 +183,19 @@ class EnvPolicyAdapter:
             jnp.zeros((), jnp.int32))
 
   def __call__(self, obs, key, carry, params):
-    """Replans every ``replan_every`` steps, executing the chunk's actions in between (all envs
-    step in lockstep, so the replanning branch is one scalar cond)."""
+    """Replans every ``replan_every`` steps, executing the chunk's actions in between."""
+    return self.step_with(obs, key, carry, lambda observation, k: self.chunk(observation, k,
+                                                                              params))
+
+  def step_with(self, obs, key, carry, plan):
+    """One control step of :meth:`__call__` with another planner: ``plan(observation, key) ->
+    env-space chunk [N, H, D]`` (e.g. best-of-N steering, ``vla_jax.world_model.steering``).
+    All envs step in lockstep, so the replanning branch is one scalar cond."""
     history, planned, since = carry
     history = self.update_history(history, obs)
     observation = self.observation(history, obs["instruction_id"])
     planned = jax.lax.cond(since % self.replan_every == 0,
-                           lambda: self.chunk(observation, key, params), lambda: planned)
+                           lambda: plan(observation, key), lambda: planned)
     action = jnp.take(planned, since % self.replan_every, axis=1)
     return action, (history, planned, since + 1), {}
 
@@ -206,12 +212,17 @@ class Evaluator:
   ``camera_names`` and ``window`` must be what the policy was trained on (the data's cameras and
   history window); ``vla_jax.jobs.checks`` verifies data, policy and env agree before anything
   compiles.
+
+  ``steering``: None (the policy's own chunks), or ``steering(adapter) -> policy_fn``, a
+  privileged rollout policy (it receives the env ``State``) with the adapter's carry, e.g.
+  ``functools.partial(vla_jax.world_model.steering.BestOfN, scorer=..., num_candidates=8)``.
   """
 
   def __init__(self, env: TabletopEnv, policy, *, norm_stats: Mapping[str, Any], norm_mode: str,
                text_tokenizer, max_text_len: int, batch_envs: int, camera_names: list[str],
                window: int = 1, record_video: bool = True,
-               sample_options: Mapping[str, Any] | None = None, replan_every: int = 1):
+               sample_options: Mapping[str, Any] | None = None, replan_every: int = 1,
+               steering: Callable[[EnvPolicyAdapter], Any] | None = None):
     if batch_envs < 1:
       raise ValueError(f"Evaluator: batch_envs={batch_envs} must be >= 1")
     missing = [c for c in camera_names if c not in env.camera_names]
@@ -226,8 +237,10 @@ class Evaluator:
         state_dim=env.state_dim, window=window, sample_options=sample_options,
         replan_every=replan_every)
     self._carry0 = self.adapter.initial_carry(self.batch_envs)
+    policy_fn = self.adapter if steering is None else steering(self.adapter)
     self._run = rollout_lib.make_seeded_rollout(
-        env, rollout_lib.make_rollout(env, self.adapter, record_obs=record_video),
+        env, rollout_lib.make_rollout(env, policy_fn, record_obs=record_video,
+                                      privileged=steering is not None),
         per_env_keys=False)
     self._compiled = False
 

@@ -152,11 +152,13 @@ def check_data_matches_env(norm_stats: dict, env: tabletop.TabletopEnv, where: s
 
 def make_evaluator(config, policy, norm_stats, text_tokenizer,
                    env: tabletop.TabletopEnv | None = None,
-                   sample_options: dict | None = None) -> closed_loop.Evaluator:
+                   sample_options: dict | None = None,
+                   steering: Callable | None = None) -> closed_loop.Evaluator:
   """A compiled-once closed-loop evaluator in the env the demonstrations came from.
 
   ``sample_options``: static head sampling options (e.g. ``{"noise_temperature": 0.0}`` for the
   flow head, ``{"num_steps": 5}``); default none (the head's configured defaults).
+  ``steering``: see :class:`vla_jax.eval.closed_loop.Evaluator` (default: none).
   """
   checks.check_config(config)
   env = env or tabletop.make_env(config.collect.env)
@@ -168,7 +170,7 @@ def make_evaluator(config, policy, norm_stats, text_tokenizer,
                                camera_names=list(config.data.cameras),
                                window=config.data.window,
                                replan_every=config.eval.replan_every,
-                               sample_options=sample_options)
+                               sample_options=sample_options, steering=steering)
 
 
 def _dataset_summary(path: str) -> str:

@@ -1,0 +1,158 @@
+"""Steering sweep: success of a checkpoint's policy against the number of sampled candidates N.
+
+For each N, the checkpoint is evaluated closed-loop on a seed block with best-of-N steering
+(``vla_jax.world_model.steering``): at every decision the policy samples N chunks, a scorer rates
+them and the best is executed. N = 1 is plain evaluation. Writes ``report_steering.md`` (one row
+per scorer and N: success per task with 95% intervals, mean, milliseconds per decision for one
+env, evaluation wall-clock) and ``steering.png`` (success against N with the intervals) under
+``out_dir``. ``experiments/steer.py`` is the entry point.
+
+Scorers: ``oracle`` (the MJX oracle: each candidate simulated in a copy of the true state for
+``lookahead`` control steps, scored by the env's return; privileged, an upper bound for learned
+scorers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from vla_jax import atomic_files
+from vla_jax.envs import rollout as rollout_lib
+from vla_jax.envs import tabletop
+from vla_jax.eval import closed_loop, intervals
+from vla_jax.jobs import main_job
+from vla_jax.world_model import steering
+
+SCORERS = ("oracle",)
+
+
+@dataclasses.dataclass
+class SweepRow:
+  """One (scorer, N) evaluation: ``result`` an EvalResult; ``decision_ms`` milliseconds per
+  decision for one env (N samples + scoring), after compilation."""
+  scorer: str
+  num_candidates: int
+  result: closed_loop.EvalResult
+  decision_ms: float
+
+
+def make_scorer(name: str, env: tabletop.TabletopEnv, lookahead: int) -> steering.Scorer:
+  """The scorer called ``name`` (see :data:`SCORERS`)."""
+  if name == "oracle":
+    return steering.MJXOracle(env, lookahead)
+  raise ValueError(f"steering scorer '{name}': unknown; known: {', '.join(SCORERS)}")
+
+
+def decision_ms(policy_fn: steering.BestOfN, env: tabletop.TabletopEnv, params: Any,
+                repeats: int = 5) -> float:
+  """Milliseconds of one jitted decision (sample N chunks, score, pick) for one env at an
+  episode's first step, after compilation (what a robot waits for each time it replans)."""
+  adapter = policy_fn.adapter
+  state = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), 1))
+  obs = rollout_lib.policy_obs(state)
+  observation = adapter.observation(adapter.update_history(adapter.initial_history(1), obs),
+                                    obs["instruction_id"])
+  plan = jax.jit(lambda s, o, k, p: policy_fn.plan(s, o, k, p)[0])
+  jax.block_until_ready(plan(state, observation, jax.random.PRNGKey(1), params))
+  t0 = time.perf_counter()
+  for i in range(repeats):
+    jax.block_until_ready(plan(state, observation, jax.random.PRNGKey(2 + i), params))
+  return (time.perf_counter() - t0) / repeats * 1e3
+
+
+def run_sweep(loaded: main_job.LoadedPolicy, *, scorers: Sequence[str],
+              num_candidates: Sequence[int], block: str, episodes_per_task: int,
+              lookahead: int | None = None, print_fn: Callable = print) -> list[SweepRow]:
+  """Evaluates ``loaded``'s policy with every scorer and N; returns the rows in that order.
+
+  ``lookahead``: control steps the oracle simulates per candidate (default the chunk length H).
+  N = 1 is evaluated once (plain evaluation: no scorer is used).
+  """
+  bad = [n for n in num_candidates if n < 1]
+  if bad or not num_candidates:
+    raise ValueError(f"steering: num_candidates {list(num_candidates)} must be integers >= 1")
+  unknown = [s for s in scorers if s not in SCORERS]
+  if unknown or not scorers:
+    raise ValueError(f"steering: unknown scorer(s) {unknown}; known: {', '.join(SCORERS)}")
+  config = ml_collections.ConfigDict(loaded.config)
+  env = tabletop.make_env(config.collect.env)
+  horizon = loaded.policy.action_horizon
+  lookahead = horizon if lookahead is None else int(lookahead)
+  if not 1 <= lookahead <= horizon:
+    raise ValueError(f"steering: lookahead={lookahead} must be in [1, H={horizon}] (the "
+                     "policy's chunk length)")
+  rows = []
+  plan = [(s, n) for s in scorers for n in num_candidates if n > 1]
+  if 1 in num_candidates:
+    plan.insert(0, ("none", 1))
+  for name, n in plan:
+    scorer = make_scorer(name, env, lookahead) if n > 1 else None
+    make = functools.partial(steering.BestOfN, scorer=scorer, num_candidates=n)
+    evaluator = main_job.make_evaluator(config, loaded.policy, loaded.norm_stats,
+                                        loaded.text_tokenizer, env=env, steering=make)
+    t0 = time.perf_counter()
+    res = evaluator(loaded.params, num_episodes_per_task=episodes_per_task, block=block,
+                    print_fn=lambda *a, **k: None)
+    wall = time.perf_counter() - t0
+    ms = decision_ms(make(evaluator.adapter), env, loaded.params)
+    rows.append(SweepRow(name, n, res, ms))
+    print_fn(f"[steer] {name} N={n}: {res.summary()}; {ms:.1f} ms per decision; "
+             f"{wall:.0f} s", flush=True)
+  return rows
+
+
+def write_report(rows: Sequence[SweepRow], out_dir: str, *, workdir: str, step: int,
+                 lookahead: int, command: str = "") -> str:
+  """Writes ``report_steering.md`` and ``steering.png`` under ``out_dir``; returns the .md path."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(out_dir, exist_ok=True)
+  tasks = list(rows[0].result.per_task)
+  block = rows[0].result.block
+  lines = [f"# Best-of-N steering of `{workdir}` (step {step})", "",
+           f"Closed-loop success on the **{block}** seed block; at every decision the policy "
+           f"samples N action chunks, the scorer rates them and the best is executed (N = 1: "
+           f"the policy alone). The MJX oracle simulates each candidate's first {lookahead} "
+           "actions in a copy of the true state and scores the env's return: it is "
+           "**privileged** (an upper bound for learned scorers). Intervals: 95% Wilson. "
+           "ms/decision: one env, N samples plus scoring, after compilation.", ""]
+  if command:
+    lines += [f"Command: `{command}`", ""]
+  lines.append("| scorer | N | " + " | ".join(tasks) + " | mean | ms/decision | eval s |")
+  lines.append("|---" * (len(tasks) + 5) + "|")
+  for r in rows:
+    cells = [f"{s}/{n}" for s, n in r.result.per_task.values()]
+    lines.append(f"| {r.scorer} | {r.num_candidates} | " + " | ".join(cells) +
+                 f" | **{intervals.format_rate(*r.result.totals)}** | {r.decision_ms:.1f} | "
+                 f"{r.result.seconds + r.result.compile_seconds:.0f} |")
+  path = os.path.join(out_dir, "report_steering.md")
+  atomic_files.write_text(path, "\n".join(lines) + "\n")
+
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  base = [r for r in rows if r.num_candidates == 1]
+  for name in sorted({r.scorer for r in rows if r.num_candidates > 1}):
+    series = base + [r for r in rows if r.scorer == name]
+    ns = np.array([r.num_candidates for r in series])
+    rate = np.array([r.result.totals[0] / r.result.totals[1] for r in series]) * 100
+    lo_hi = np.array([intervals.wilson(*r.result.totals) for r in series]) * 100
+    ax.errorbar(ns, rate, yerr=[rate - lo_hi[:, 0], lo_hi[:, 1] - rate], marker="o",
+                capsize=3, label=name)
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("candidates per decision N")
+  ax.set_ylabel(f"success on {block} (%)")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, "steering.png"), dpi=100)
+  plt.close(fig)
+  return path
