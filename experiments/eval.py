@@ -7,13 +7,12 @@ policy is rebuilt from them, and the params (EMA params when the run used EMA) a
 the success per task and the inference latency; ``--videos`` writes one GIF per task.
 """
 
-import ast
 import os
 
 import ml_collections
 from absl import app, flags
 
-from vla_jax import console
+from vla_jax import config_args, console
 from vla_jax.eval import report
 from vla_jax.jobs import main_job
 
@@ -42,15 +41,10 @@ def main(argv):
   config = ml_collections.ConfigDict(loaded.config)
   if _REPLAN.value is not None:
     config.eval.replan_every = _REPLAN.value
-  options = {}
-  for item in _OPTIONS.value:
-    name, sep, value = item.partition("=")
-    if not sep or not name:
-      raise app.UsageError(f"--sample_option expects name=value, got '{item}'")
-    try:
-      options[name] = ast.literal_eval(value)
-    except (ValueError, SyntaxError) as e:
-      raise app.UsageError(f"--sample_option {name}: '{value}' is not a Python literal") from e
+  try:
+    options = config_args.parse_name_values(_OPTIONS.value, "--sample_option")
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   evaluator = main_job.make_evaluator(config, loaded.policy, loaded.norm_stats,
                                       loaded.text_tokenizer, sample_options=options)
   res = evaluator(loaded.params, num_episodes_per_task=_EPISODES.value, block=_BLOCK.value,

@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from vla_jax import console
+from vla_jax import config_args, console
 from vla_jax.jobs import main_job, steer_job
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of the policy (holds checkpoints/).")
@@ -28,6 +28,9 @@ _N = flags.DEFINE_list("num_candidates", ["1", "2", "4", "8", "16"],
 _SCORERS = flags.DEFINE_list("scorers", ["oracle"], f"Scorers, of {steer_job.SCORERS}.")
 _LOOKAHEAD = flags.DEFINE_integer("lookahead", None, "Control steps the oracle simulates per "
                                   "candidate (default: the chunk length H).")
+_OPTIONS = flags.DEFINE_multi_string(
+    "sample_option", [], "name=value head sampling option for the candidates, repeatable "
+    "(value as a Python literal), e.g. --sample_option=noise_temperature=1.5.")
 _OUT = flags.DEFINE_string("out", None, "Report directory (default <workdir>/steering).")
 flags.mark_flags_as_required(["workdir"])
 
@@ -40,16 +43,21 @@ def main(argv):
     counts = [int(n) for n in _N.value]
   except ValueError as e:
     raise app.UsageError(f"--num_candidates expects integers, got {_N.value}") from e
+  try:
+    options = config_args.parse_name_values(_OPTIONS.value, "--sample_option")
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   loaded = main_job.load_checkpoint_policy(_WORKDIR.value, _STEP.value)
   print(f"[steer] {_WORKDIR.value} step {loaded.step} ({loaded.config['policy']['head']} head), "
         f"{_EPISODES.value} episodes per task on the '{_BLOCK.value}' block", flush=True)
   lookahead = _LOOKAHEAD.value or loaded.policy.action_horizon
   rows = steer_job.run_sweep(loaded, scorers=_SCORERS.value, num_candidates=counts,
                              block=_BLOCK.value, episodes_per_task=_EPISODES.value,
-                             lookahead=lookahead)
+                             lookahead=lookahead, sample_options=options)
   out = _OUT.value or os.path.join(_WORKDIR.value, "steering")
   path = steer_job.write_report(rows, out, workdir=_WORKDIR.value, step=loaded.step,
-                                lookahead=lookahead, command=" ".join(sys.argv))
+                                lookahead=lookahead, command=" ".join(sys.argv),
+                                sample_options=options)
   print(f"[report] {path}")
 
 

@@ -66,3 +66,13 @@ def test_absl_override_of_unknown_leaf_fails_with_close_match(tmp_path):
   bad = subprocess.run([sys.executable, str(prog), f"--config={cfg}", "--config.model.widht=4"],
                        check=False, capture_output=True, text=True)
   assert bad.returncode != 0 and "width" in bad.stderr
+
+
+def test_name_value_flags_parse_as_literals_and_name_bad_items():
+  assert config_args.parse_name_values(["num_steps=5", "point='median'", "t=0.5"],
+                                       "--sample_option") == {"num_steps": 5, "point": "median",
+                                                              "t": 0.5}
+  with pytest.raises(ValueError, match="--sample_option expects name=value, got 'num_steps'"):
+    config_args.parse_name_values(["num_steps"], "--sample_option")
+  with pytest.raises(ValueError, match="--sample_option point: 'median' is not a Python literal"):
+    config_args.parse_name_values(["point=median"], "--sample_option")

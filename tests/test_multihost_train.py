@@ -10,7 +10,9 @@ test of the main job through its entry point (colabs/quickstart.ipynb runs it in
 point (experiments/finetune_rl.py), also as 2 processes, fine-tunes that run's checkpoint: the
 end-to-end test of the second stage (before/after evaluation on test, RL iterations in the
 train loop with each process simulating its own envs, periodic dev evaluation, all by process 0
-alone, report_rl.md, an RL checkpoint experiments/eval.py can load). The settings
+alone, report_rl.md, an RL checkpoint experiments/eval.py can load); and
+experiments/steer.py's sweep (best-of-N steering with the MJX oracle) on that checkpoint,
+in-process. The settings
 rules (flags, environment, partial or inconsistent settings) are tested without processes.
 """
 
@@ -221,3 +223,33 @@ def test_settings_from_flags_environment_or_cluster():
       distributed.Settings("h:1", None, None, "environment"))
   assert distributed.resolve_settings(environ={}, auto=True) == distributed.Settings(
       None, None, None, "cluster")
+
+
+def test_steering_sweep_of_the_checkpoint_writes_its_report(run, tmp_path):
+  """experiments/steer.py's library path on this run's checkpoint (in-process, one process):
+  N = 1 (the policy alone) and the MJX oracle at N = 2, one row each, with the report."""
+  from vla_jax.jobs import main_job, steer_job  # pylint: disable=g-import-not-at-top
+  workdir, _, _ = run
+  loaded = main_job.load_checkpoint_policy(workdir)
+  printed = []
+  rows = steer_job.run_sweep(loaded, scorers=["oracle"], num_candidates=[1, 2], block="dev",
+                             episodes_per_task=1, print_fn=lambda *a, **k: printed.append(a[0]))
+  assert [(r.scorer, r.num_candidates) for r in rows] == [("none", 1), ("oracle", 2)]
+  assert all(r.result.totals[1] == 1 and r.decision_ms > 0 for r in rows)
+  assert re.match(r"\[steer\] oracle N=2: dev block: success [\d.]+% \[", printed[1]), printed
+  path = steer_job.write_report(rows, str(tmp_path), workdir=workdir, step=loaded.step,
+                                lookahead=loaded.policy.action_horizon)
+  with open(path) as f:
+    text = f.read()
+  assert "on the **dev** seed block" in text and "**privileged**" in text
+  assert re.search(r"\| oracle \| 2 \| [01]/1 \| \*\*[\d.]+% \[[\d.]+, [\d.]+\] \(n=1\)\*\* \|",
+                   text), text
+  assert os.path.isfile(os.path.join(str(tmp_path), "steering.png"))
+  h = loaded.policy.action_horizon
+  for kwargs, match in (({"lookahead": h + 1}, f"lookahead={h + 1} must be in \\[1, H={h}\\]"),
+                        ({"num_candidates": [0]}, r"num_candidates \[0\] must be"),
+                        ({"scorers": ["world_model"]}, r"unknown scorer\(s\) \['world_model'\]")):
+    args = {"scorers": ["oracle"], "num_candidates": [1], "block": "dev",
+            "episodes_per_task": 1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+      steer_job.run_sweep(loaded, **args)

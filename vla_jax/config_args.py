@@ -12,6 +12,7 @@ does that and also reports close matches for unknown keys).
 
 from __future__ import annotations
 
+import ast
 import difflib
 from typing import Any
 
@@ -80,3 +81,19 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(values)
   config.lock()
   return config
+
+
+def parse_name_values(items: list[str], flag: str) -> dict[str, Any]:
+  """``["a=1", "b='x'"]`` -> ``{"a": 1, "b": "x"}``, each value a Python literal (the
+  ``--sample_option=name=value`` flags of experiments/eval.py and steer.py); raises ValueError
+  naming ``flag`` and the bad item."""
+  out = {}
+  for item in items:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+      raise ValueError(f"{flag} expects name=value, got '{item}'")
+    try:
+      out[name] = ast.literal_eval(value)
+    except (ValueError, SyntaxError) as e:
+      raise ValueError(f"{flag} {name}: '{value}' is not a Python literal") from e
+  return out

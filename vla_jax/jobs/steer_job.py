@@ -71,11 +71,13 @@ def decision_ms(policy_fn: steering.BestOfN, env: tabletop.TabletopEnv, params: 
 
 def run_sweep(loaded: main_job.LoadedPolicy, *, scorers: Sequence[str],
               num_candidates: Sequence[int], block: str, episodes_per_task: int,
-              lookahead: int | None = None, print_fn: Callable = print) -> list[SweepRow]:
+              lookahead: int | None = None, sample_options: dict | None = None,
+              print_fn: Callable = print) -> list[SweepRow]:
   """Evaluates ``loaded``'s policy with every scorer and N; returns the rows in that order.
 
   ``lookahead``: control steps the oracle simulates per candidate (default the chunk length H).
-  N = 1 is evaluated once (plain evaluation: no scorer is used).
+  N = 1 is evaluated once (plain evaluation: no scorer is used). ``sample_options``: static head
+  sampling options for every row (e.g. ``{"noise_temperature": 1.5}``).
   """
   bad = [n for n in num_candidates if n < 1]
   if bad or not num_candidates:
@@ -98,7 +100,8 @@ def run_sweep(loaded: main_job.LoadedPolicy, *, scorers: Sequence[str],
     scorer = make_scorer(name, env, lookahead) if n > 1 else None
     make = functools.partial(steering.BestOfN, scorer=scorer, num_candidates=n)
     evaluator = main_job.make_evaluator(config, loaded.policy, loaded.norm_stats,
-                                        loaded.text_tokenizer, env=env, steering=make)
+                                        loaded.text_tokenizer, env=env, steering=make,
+                                        sample_options=sample_options)
     t0 = time.perf_counter()
     res = evaluator(loaded.params, num_episodes_per_task=episodes_per_task, block=block,
                     print_fn=lambda *a, **k: None)
@@ -111,7 +114,7 @@ def run_sweep(loaded: main_job.LoadedPolicy, *, scorers: Sequence[str],
 
 
 def write_report(rows: Sequence[SweepRow], out_dir: str, *, workdir: str, step: int,
-                 lookahead: int, command: str = "") -> str:
+                 lookahead: int, command: str = "", sample_options: dict | None = None) -> str:
   """Writes ``report_steering.md`` and ``steering.png`` under ``out_dir``; returns the .md path."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -127,6 +130,8 @@ def write_report(rows: Sequence[SweepRow], out_dir: str, *, workdir: str, step: 
            "actions in a copy of the true state and scores the env's return: it is "
            "**privileged** (an upper bound for learned scorers). Intervals: 95% Wilson. "
            "ms/decision: one env, N samples plus scoring, after compilation.", ""]
+  if sample_options:
+    lines += [f"Head sampling options (every row): `{sample_options}`.", ""]
   if command:
     lines += [f"Command: `{command}`", ""]
   lines.append("| scorer | N | " + " | ".join(tasks) + " | mean | ms/decision | eval s |")

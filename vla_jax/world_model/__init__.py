@@ -1,1 +1,2 @@
-"""Latent dynamics, latent action models and imagined rollouts (planned)."""
+"""Steering (``steering.py``: best-of-N with a scorer, the MJX oracle); learned latent dynamics
+and imagined rollouts are planned (issue 18)."""
