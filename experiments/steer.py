@@ -7,6 +7,10 @@ executed (``vla_jax/world_model/steering.py``); N = 1 is the policy alone. Score
 (the MJX oracle, privileged: each candidate simulated in a copy of the true state). Writes
 ``<workdir>/steering/report_steering.md`` (success per task with 95% intervals for every N, ms
 per decision) and ``steering.png``. Tune on ``--block=dev``; ``test`` is for the reported figure.
+
+Currently (main job's checkpoint, flow head, test block, n = 400 per row; 19 min for the
+sweep on 2 CPU cores): 83.5% alone, the oracle at N = 8 92.0% [88.9, 94.3], at N = 16 93.8%
+(docs/experiments/steering.md).
 """
 
 import os
