@@ -87,15 +87,7 @@ class ARModule(nn.Module):
   expert: gemma.GemmaConfig | None = None
 
   def setup(self):
-    experts = () if self.expert is None else (self.expert,)
-    self.backbone = common.Backbone(self.backbone_config, experts, self.state_dim)
-    width = self.backbone_config.llm.width if self.expert is None else self.expert.width
-    if self.expert is not None:
-      self.expert_embedder = nn.Embed(self.backbone_config.llm.vocab_size, width,
-                                      embedding_init=nn.initializers.normal(width ** -0.5))
-    if self.num_slots:
-      self.slot_embedding = self.param("slot_embedding", nn.initializers.normal(1.0),
-                                       (self.num_slots, width))
+    common.setup_token_suffix(self)
 
   def _embed(self, tokens: Array, slots: Array) -> Array:
     """int [B, L] LM ids at suffix slots ``slots`` int [L] -> [B, L, W] (We with an expert)."""

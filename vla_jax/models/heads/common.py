@@ -133,6 +133,26 @@ def suffix_mask(prefix_mask: Array, block_ids: Array, causal: bool = False) -> A
   return jnp.concatenate([pre, jnp.broadcast_to(same[None], (b, length, length))], axis=-1)
 
 
+def setup_token_suffix(module: nn.Module) -> None:
+  """The ``setup`` shared by the token heads (AR, discrete diffusion), called from theirs.
+
+  ``module`` has the fields ``backbone_config``, ``state_dim``, ``num_slots`` and ``expert`` (a
+  Gemma shape or None). Sets ``module.backbone`` (with the expert stream, if any), and with an
+  expert ``module.expert_embedder`` (nn.Embed [V, We], tied to the expert's token output), and
+  with ``num_slots`` the param ``slot_embedding`` float [num_slots, W] (W = We with an expert,
+  else the LM width). The names are the params' names in checkpoints: keep them.
+  """
+  experts = () if module.expert is None else (module.expert,)
+  module.backbone = Backbone(module.backbone_config, experts, module.state_dim)
+  width = module.backbone_config.llm.width if module.expert is None else module.expert.width
+  if module.expert is not None:
+    module.expert_embedder = nn.Embed(module.backbone_config.llm.vocab_size, width,
+                                      embedding_init=nn.initializers.normal(width ** -0.5))
+  if module.num_slots:
+    module.slot_embedding = module.param("slot_embedding", nn.initializers.normal(1.0),
+                                         (module.num_slots, width))
+
+
 class Backbone(nn.Module):
   """The VLM plus the proprio projection; builds and runs the observation prefix.
 
