@@ -295,14 +295,15 @@ class Evaluator:
                       error=merged["error"], per_task=per_task, per_instruction=per_instruction,
                       mean_success=mean, seconds=t_run, compile_seconds=t_compile, videos=videos)
 
-  def _first_observations(self, n: int) -> dict[str, jax.Array]:
-    """The policy observations of ``n`` envs reset from key 0 (an episode's first step)."""
+  def first_step(self, n: int) -> tuple[Any, dict[str, jax.Array]]:
+    """``(state [n], policy observation [n, ...])`` of ``n`` envs reset from key 0, at an
+    episode's first step (what latency and chunk statistics are measured on)."""
     adapter = self.adapter
     # Jitted: an eager MJX reset dispatches op by op (18.6 s measured, against 5 s to compile).
     state = jax.jit(jax.vmap(self.env.reset))(jax.random.split(jax.random.PRNGKey(0), n))
     obs = rollout_lib.policy_obs(state)
-    return adapter.observation(adapter.update_history(adapter.initial_history(n), obs),
-                               obs["instruction_id"])
+    return state, adapter.observation(adapter.update_history(adapter.initial_history(n), obs),
+                                      obs["instruction_id"])
 
   def chunk_stats(self, params: Any, num_envs: int = 16) -> dict[str, float]:
     """What one action chunk costs, on the first steps of ``num_envs`` episodes: ``{"nfe":
@@ -310,7 +311,7 @@ class Evaluator:
     hybrid both heads'), "tokens": mean action tokens per chunk (0 for continuous heads)}``,
     and for the hybrid's ensemble ``"ensembled"``: the share of chunks that averaged both heads."""
     adapter = self.adapter
-    observation = self._first_observations(num_envs)
+    _, observation = self.first_step(num_envs)
     out = jax.jit(lambda o, k, p: adapter.policy.sample(p, o, k, **adapter.sample_options))(
         observation, jax.random.PRNGKey(1), params)
     stats = {"nfe": float(out["nfe"]),
@@ -322,7 +323,7 @@ class Evaluator:
   def latency_ms(self, params: Any, repeats: int = 5) -> float:
     """Milliseconds per action chunk of one jitted ``policy.sample`` for one observation (what a
     robot waits for each time it replans), after compilation."""
-    observation = self._first_observations(1)
+    _, observation = self.first_step(1)
     sample = jax.jit(self.adapter.chunk)
     jax.block_until_ready(sample(observation, jax.random.PRNGKey(1), params))
     t0 = time.perf_counter()

@@ -26,7 +26,6 @@ import ml_collections
 import numpy as np
 
 from vla_jax import atomic_files
-from vla_jax.envs import rollout as rollout_lib
 from vla_jax.envs import tabletop
 from vla_jax.eval import closed_loop, intervals
 from vla_jax.jobs import main_job
@@ -52,15 +51,11 @@ def make_scorer(name: str, env: tabletop.TabletopEnv, lookahead: int) -> steerin
   raise ValueError(f"steering scorer '{name}': unknown; known: {', '.join(SCORERS)}")
 
 
-def decision_ms(policy_fn: steering.BestOfN, env: tabletop.TabletopEnv, params: Any,
+def decision_ms(evaluator: closed_loop.Evaluator, policy_fn: steering.BestOfN, params: Any,
                 repeats: int = 5) -> float:
   """Milliseconds of one jitted decision (sample N chunks, score, pick) for one env at an
   episode's first step, after compilation (what a robot waits for each time it replans)."""
-  adapter = policy_fn.adapter
-  state = jax.jit(jax.vmap(env.reset))(jax.random.split(jax.random.PRNGKey(0), 1))
-  obs = rollout_lib.policy_obs(state)
-  observation = adapter.observation(adapter.update_history(adapter.initial_history(1), obs),
-                                    obs["instruction_id"])
+  state, observation = evaluator.first_step(1)
   plan = jax.jit(lambda s, o, k, p: policy_fn.plan(s, o, k, p)[0])
   jax.block_until_ready(plan(state, observation, jax.random.PRNGKey(1), params))
   t0 = time.perf_counter()
@@ -106,7 +101,7 @@ def run_sweep(loaded: main_job.LoadedPolicy, *, scorers: Sequence[str],
     res = evaluator(loaded.params, num_episodes_per_task=episodes_per_task, block=block,
                     print_fn=lambda *a, **k: None)
     wall = time.perf_counter() - t0
-    ms = decision_ms(make(evaluator.adapter), env, loaded.params)
+    ms = decision_ms(evaluator, make(evaluator.adapter), loaded.params)
     rows.append(SweepRow(name, n, res, ms))
     print_fn(f"[steer] {name} N={n}: {res.summary()}; {ms:.1f} ms per decision; "
              f"{wall:.0f} s", flush=True)

@@ -50,8 +50,6 @@ class MJXOracle:
     lookahead: control steps simulated per candidate, 1 ... H (the chunk length).
   """
 
-  privileged = True
-
   def __init__(self, env: TabletopEnv, lookahead: int):
     if lookahead < 1:
       raise ValueError(f"MJXOracle: lookahead={lookahead} must be >= 1 control step")
