@@ -32,15 +32,29 @@ from vla_jax.training import config as train_config_lib
 
 
 def get_config(arg=None):
-  a = config_args.parse_arg(arg, init_workdir="workdirs/vla_tiny", iterations=300, groups=8,
-                            group_size=8, likelihood="exact", reward="success",
-                            tasks="push+pick_place", eval_episodes=100, eval_block="test",
-                            lr=1e-4, train="expert", replan=4, scored=0)
+  a = config_args.parse_arg(arg, algorithm="grpo", init_workdir="workdirs/vla_tiny",
+                            iterations=300, groups=-1, group_size=-1, likelihood="exact",
+                            reward="success", tasks="push+pick_place", eval_episodes=100,
+                            eval_block="test", lr=1e-4, train="expert", replan=-1, scored=0,
+                            candidates=8, updates=4, search_steps=0)
+  if a.algorithm not in rl_config_lib.ALGORITHMS:
+    raise ValueError(f"rl_tiny: algorithm='{a.algorithm}' not in {rl_config_lib.ALGORITHMS}")
+  exit_ = a.algorithm == "exit"
+  # -1: the algorithm's default. GRPO: 8 start states x G = 8, whole chunks. Expert iteration:
+  # 64 distinct start states, replanning as evaluation does (its targets are what evaluation
+  # executes).
+  groups = a.groups if a.groups > 0 else (64 if exit_ else 8)
+  group_size = a.group_size if a.group_size > 0 else (1 if exit_ else 8)
+  replan = a.replan if a.replan >= 0 else (0 if exit_ else 4)
   c = ml_collections.ConfigDict()
   c.init_workdir = a.init_workdir
   c.init_step = 0  # 0 = the latest checkpoint of init_workdir
 
   c.rl = rl_config_lib.default_rl_config()
+  c.rl.algorithm = a.algorithm
+  c.rl.exit_candidates = a.candidates
+  if a.search_steps:  # Flow: Euler steps of the search's candidates (0 = evaluation's).
+    c.rl.exit_sample_options.num_steps = a.search_steps
   c.rl.likelihood = a.likelihood
   c.rl.reward = a.reward
   # Reach and lift succeed in ~all rollouts (dynamic sampling drops those groups): RL spends
@@ -48,9 +62,9 @@ def get_config(arg=None):
   c.rl.tasks = a.tasks  # "+"-separated, as env.tasks
   # Whole chunks: with receding-horizon execution only the first of each chunk's H actions
   # reaches the env, but the likelihood scores all H (docs/experiments/rl_tiny.md, run C).
-  c.rl.replan_every = a.replan
-  c.rl.num_groups = a.groups
-  c.rl.group_size = a.group_size
+  c.rl.replan_every = replan
+  c.rl.num_groups = groups
+  c.rl.group_size = group_size
   # Flow-Noise: 0.2 std per Euler step in normalized action units (x_0 keeps the head's own
   # temperature, as in evaluation). The likelihood credits only this step noise (see
   # vla_jax/rl/config.py), so it must be a real share of the action spread; ReinFlow and piRL
@@ -61,11 +75,11 @@ def get_config(arg=None):
   # 4 optimizer steps on each batch of rollouts. Learning rate 1e-4 on the action expert: at
   # 3e-4 on every param the rollout success fell from 0.95 to ~0.6 within 20 iterations;
   # 3e-5 on every param moved it little in 100 (docs/experiments/rl_tiny.md, runs 1-2).
-  c.rl.updates_per_iteration = 4
+  c.rl.updates_per_iteration = a.updates
 
   c.train = train_config_lib.default_train_config()
   c.train.num_steps = a.iterations  # one step = one RL iteration (rollouts + updates)
-  c.train.batch_size = a.groups * a.group_size  # envs per iteration
+  c.train.batch_size = groups * group_size  # envs per iteration
   c.train.learning_rate = a.lr
   c.train.warmup_steps = 0
   c.train.end_lr_fraction = 1.0  # constant learning rate

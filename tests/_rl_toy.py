@@ -18,6 +18,7 @@ from vla_jax.eval.closed_loop import EnvPolicyAdapter
 from vla_jax.models import policy as policy_lib
 from vla_jax.rl import collect
 from vla_jax.rl import config as rl_config_lib
+from vla_jax.rl import expert_iteration
 from vla_jax.rl import step as rl_step
 from vla_jax.training import default_train_config, trainer
 
@@ -118,7 +119,10 @@ def run(workdir: str, rl=None, mesh=None, params=None, print_fn=lambda *a, **k: 
         on_batch(step)
       yield batch
 
-  builder = rl_step.RLStepBuilder(policy, env, adapter, rl)
+  if rl.algorithm == "exit":
+    builder = expert_iteration.ExpertIterationStep(policy, env, adapter, rl)
+  else:
+    builder = rl_step.RLStepBuilder(policy, env, adapter, rl)
   return trainer.train(config, workdir,
                        model=Model(policy, adapter, params, builder.initial_params),
                        make_data_iterator=make_data_iterator, mesh=mesh, print_fn=print_fn,

@@ -65,7 +65,7 @@ def test_train_episodes_repeat_each_start_state_per_group_and_resume():
 
 def test_pick_draws_distinct_eligible_decisions():
   eligible = jnp.zeros(50, bool).at[jnp.array([3, 7, 11])].set(True)
-  idx, w = rl_step._pick(jax.random.key(0), eligible, 5)
+  idx, w = rl_step.pick_decisions(jax.random.key(0), eligible, 5)
   assert len(set(np.asarray(idx).tolist())) == 5
   assert set(np.asarray(idx)[np.asarray(w) > 0].tolist()) == {3, 7, 11}
 

@@ -131,6 +131,13 @@ class EnvPolicyAdapter:
     out.replan_every = int(replan_every)
     return out
 
+  def with_sample_options(self, **options) -> EnvPolicyAdapter:
+    """This adapter sampling with ``options`` added to its head options (e.g. more Euler steps
+    for the candidates an expert-iteration search imitates)."""
+    out = copy.copy(self)
+    out.sample_options = {**self.sample_options, **options}
+    return out
+
   def _frame(self, obs: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """The current frame [N, ...] of what the history holds (images raw, state normalized)."""
     frame = {f"image/{c}": obs[f"image/{c}"] for c in self.cameras}

@@ -5,7 +5,8 @@
 2. It is evaluated on the ``test`` seed block (``config.eval.num_episodes_per_task`` per task;
    ``config.eval.block = "dev"`` for tuning runs, so choices are never made on ``test``).
 3. The one train loop (``trainer.train``) runs RL iterations (:class:`vla_jax.rl.step.
-   RLStepBuilder`, started from those params), with checkpoints, resume, SIGTERM save,
+   RLStepBuilder`, or :class:`vla_jax.rl.expert_iteration.ExpertIterationStep` for
+   ``rl.algorithm = "exit"``, started from those params), with checkpoints, resume, SIGTERM save,
    TensorBoard and periodic evaluations on the ``dev`` block every ``rl.eval_every`` iterations.
 4. The fine-tuned params are evaluated on the same episodes; ``report_rl.md`` gives
    success per task before and after (95% Wilson intervals), success against env steps and
@@ -39,6 +40,7 @@ from vla_jax.jobs import main_job
 from vla_jax.models import policy as policy_lib
 from vla_jax.rl import collect
 from vla_jax.rl import config as rl_config_lib
+from vla_jax.rl import expert_iteration
 from vla_jax.rl import step as rl_step
 from vla_jax.training import assets as assets_lib
 from vla_jax.training import checkpoints, distributed, trainer, transfer
@@ -130,7 +132,8 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
   policy = loaded.policy
   rl = config.rl
   rl_config_lib.check_rl_config(rl, base.policy.head)
-  rl_step.check_policy_supports(policy, rl)
+  if rl.algorithm != "exit":  # Expert iteration trains the head's imitation loss.
+    rl_step.check_policy_supports(policy, rl)
   check_trainable_reaches_head(config.train.trainable, base.policy.head,
                                base.policy.get(base.policy.head, {}).get("expert", False))
   print_fn(f"[rl] starting point: {config.init_workdir} step {loaded.step} "
@@ -162,8 +165,11 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
   run_config.train = config.train
   run_config.init_workdir = config.init_workdir
   adapter = evaluator.adapter  # RLStepBuilder applies rl.replan_every to its own copy.
-  builder = rl_step.RLStepBuilder(policy, rl_env, adapter, rl,
-                                  ref_params=loaded.params if rl.kl_coef > 0 else None)
+  if rl.algorithm == "exit":
+    builder = expert_iteration.ExpertIterationStep(policy, rl_env, adapter, rl)
+  else:
+    builder = rl_step.RLStepBuilder(policy, rl_env, adapter, rl,
+                                    ref_params=loaded.params if rl.kl_coef > 0 else None)
   example_obs = jax.tree.map(np.asarray, adapter.observation(adapter.initial_history(1),
                                                              np.zeros((1,), np.int32)))
   model = PolicyFromCheckpoint(builder.initial_params, example_obs, loaded.params,
@@ -257,8 +263,7 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
   sections = [
       ("Summary",
        (f"Fine-tuned **{config.init_workdir}** (step {loaded.step}, {base.policy.head} head) with "
-       f"{rl.algorithm.upper()} ({rl.likelihood} likelihood, {rl.reward} reward) for {its} "
-       f"iterations. Mean success on the **{block}** seed block: "
+       f"{algorithm_label(rl)} for {its} iterations. Mean success on the **{block}** seed block: "
        f"**{intervals.format_rate(*before.totals)} -> {intervals.format_rate(*after.totals)}** "
        f"(95% Wilson intervals, episodes). Wall-clock {total / 60:.1f} min in all (RL loop "
        f"{train_seconds / 60:.1f} min).")),
@@ -277,6 +282,15 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
   print_fn(f"[report] {path}", flush=True)
   distributed.wait_for_all("vla_jax.rl_job.report", main_job.WAIT_TIMEOUT_S)
   return path
+
+
+def algorithm_label(rl: ml_collections.ConfigDict) -> str:
+  """How the report names the algorithm and its main settings."""
+  if rl.algorithm == "exit":
+    return (f"expert iteration (imitating its own episodes steered by the MJX oracle, best of "
+            f"{rl.exit_candidates} chunks, {rl.exit_lookahead}-step lookahead"
+            f"{', successful episodes only' if rl.exit_success_only else ''})")
+  return f"{rl.algorithm.upper()} ({rl.likelihood} likelihood, {rl.reward} reward)"
 
 
 def interval_totals(history, start_step: int = 0) -> dict[str, float]:

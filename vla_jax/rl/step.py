@@ -94,12 +94,7 @@ class RLStepBuilder:
                        "must come from the params being updated")
     step = functools.partial(self.step, optimizer=optimizer, schedule=schedule,
                              trainable=trainable)
-    jitted = jax.jit(step, in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh),
-                                         state_shardings.params if self.ref_params is not None
-                                         else None),
-                     out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
-                     donate_argnums=(0,))
-    return lambda state, batch: jitted(state, batch, self.ref_params)
+    return jit_rl_step(step, mesh, state_shardings, self.ref_params)
 
   def initial_params(self, rng: jax.Array, example_observation: dict) -> Any:
     """The policy's init params, plus the critic's (:data:`value.VALUE_KEY`) for PPO and the
@@ -188,7 +183,7 @@ class RLStepBuilder:
     def update(carry, key):
       params, opt_state = carry
       pick_key, loss_key = jax.random.split(key)
-      idx, weights = _pick(pick_key, eligible, rl.decisions_per_update)
+      idx, weights = pick_decisions(pick_key, eligible, rl.decisions_per_update)
       mb = jax.tree.map(lambda x: x[idx], flat)
       obs = self.adapter.observation(mb["history"], mb["instruction_id"])
       (loss, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(
@@ -279,7 +274,19 @@ def check_policy_supports(policy, rl: ml_collections.ConfigDict) -> None:
         "Flow-Noise, or fpo), and the heads whose sample_stochastic has landed")
 
 
-def _pick(key: jax.Array, eligible: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+def jit_rl_step(step, mesh: Mesh, state_shardings: Any, ref_params: Any = None):
+  """``step(state, batch, ref_params) -> (state, metrics)`` jitted for the train loop:
+  ``(state, batch) -> (state, metrics)`` with the state donated and sharded like training's,
+  the batch (seeds) along the mesh's data axis, the metrics replicated."""
+  jitted = jax.jit(step, in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh),
+                                       state_shardings.params if ref_params is not None
+                                       else None),
+                   out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
+                   donate_argnums=(0,))
+  return lambda state, batch: jitted(state, batch, ref_params)
+
+
+def pick_decisions(key: jax.Array, eligible: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
   """``count`` distinct indices drawn uniformly among ``eligible`` bool [M] (Gumbel top-k), and
   weights float32 [count]: 1 for an eligible pick, 0 for filler when fewer are eligible."""
   count = min(count, eligible.shape[0])

@@ -1,0 +1,105 @@
+"""Expert iteration (``rl.algorithm = "exit"``): its imitation examples are the data pipeline's
+chunks of the steered episodes, and it improves a deliberately weakened policy in the real env
+through the one train loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _rl_toy import make_adapter, make_env, make_policy, rl_config, run
+
+from vla_jax.data import traj_transforms
+from vla_jax.rl import collect
+from vla_jax.rl import config as rl_config_lib
+from vla_jax.rl import expert_iteration
+
+
+def _builder(env, policy, adapter, **overrides):
+  rl = rl_config(**{"algorithm": "exit", "group_size": 1, "num_groups": 8, "exit_lookahead": 2,
+                    **overrides})
+  return expert_iteration.ExpertIterationStep(policy, env, adapter, rl)
+
+
+def test_examples_are_the_data_pipelines_chunks_of_successful_steered_episodes():
+  env = make_env()
+  policy = make_policy(env)
+  adapter = make_adapter(env, policy)
+  params = policy.init(jax.random.key(0), adapter.observation(adapter.initial_history(1),
+                                                              jnp.zeros((1,), jnp.int32)))
+  builder = _builder(env, policy, adapter, exit_candidates=4)
+  seeds, tasks = collect.train_episodes(0, 8, 1, [int(i) for i in env.enabled_task_ids])
+  _, traj = builder.collect(params, {"seeds": seeds, "task_ids": tasks}, jax.random.key(1))
+  t, n = traj["valid"].shape
+  # Episodes of several lengths (done at success or error stops an env: a valid prefix) and
+  # both outcomes, whatever this micro policy happened to do.
+  lengths = np.array([t, t, 1, 2, t - 1, 3, t, 2])
+  valid = np.arange(t)[:, None] < lengths[None]
+  success = np.array([True, False, True, False, True, True, False, True])
+  traj = {**traj, "valid": jnp.asarray(valid),
+          "success": jnp.asarray(np.broadcast_to(success, (t, n)))}
+  flat, eligible = builder.examples(traj)
+  h = policy.action_horizon
+  chunks = np.asarray(flat["actions"]).reshape(t, n, h, -1)
+  masks = np.asarray(flat["action_mask"]).reshape(t, n, h)
+  for e in range(n):
+    length = lengths[e]
+    # The reference: how the data pipeline chunks a demonstration's (normalized) actions.
+    ref, ref_mask = traj_transforms.action_chunks(np.asarray(traj["action"][:length, e]), h)
+    ref, ref_mask = np.asarray(ref), np.asarray(ref_mask)  # identity stats: raw = normalized
+    np.testing.assert_array_equal(masks[:length, e], ref_mask)
+    np.testing.assert_allclose(np.where(ref_mask[..., None], chunks[:length, e], 0),
+                               np.where(ref_mask[..., None], ref, 0), rtol=1e-6)
+    assert not masks[length:, e].any()
+    np.testing.assert_array_equal(np.asarray(eligible).reshape(t, n)[:, e],
+                                  valid[:, e] & success[e])
+  # The observation each step's action was chosen from (the adapter's history window).
+  assert flat["image/base"].shape == (t * n, adapter.window, *env.image_size, 3)
+  np.testing.assert_array_equal(
+      np.asarray(flat["image/base"]).reshape((t, n) + flat["image/base"].shape[1:])[0, :, -1],
+      np.asarray(jax.vmap(env.reset_task)(jax.vmap(lambda s: jax.random.split(
+          jax.random.PRNGKey(s))[0])(jnp.asarray(seeds)), jnp.asarray(tasks)).obs["image/base"]))
+
+
+def _weakened_params(policy, adapter):
+  """The micro policy with a bias on its action output that pushes the pusher off target."""
+  example = adapter.observation(adapter.initial_history(1), jnp.zeros((1,), jnp.int32))
+  params = jax.tree.map(np.asarray, jax.jit(policy.init)(jax.random.key(0), example))
+  bias = np.array(params["action_out_proj"]["bias"])
+  bias[1], bias[2] = 0.5, -0.5  # As colabs/rl_finetune.ipynb: every action moves back and up.
+  params["action_out_proj"]["bias"] = bias
+  return params
+
+
+def test_expert_iteration_improves_a_weakened_policy(tmp_path):
+  env = make_env(task="reach")
+  policy = make_policy(env)
+  adapter = make_adapter(env, policy)
+  params = _weakened_params(policy, adapter)
+  rl = rl_config(algorithm="exit", num_groups=16, group_size=1, exit_candidates=8,
+                 exit_lookahead=2, exit_success_only=False, updates_per_iteration=4,
+                 decisions_per_update=32)
+  result = run(str(tmp_path), rl=rl, params=params, num_steps=6, learning_rate=1e-2)
+
+  # The plain policy (best of 1 = its own sample) on 32 fixed demo-block start states.
+  plain = _builder(env, policy, adapter, exit_candidates=1, num_groups=32)
+  seeds, tasks = collect.train_episodes(1000, 32, 1, [int(i) for i in env.enabled_task_ids])
+  batch = {"seeds": seeds, "task_ids": tasks}
+
+  def plain_return(p):
+    _, traj = plain.collect(p, batch, jax.random.key(7))
+    return float(jnp.sum(jnp.where(traj["valid"], traj["reward"], 0.0), axis=0).mean())
+
+  before, after = plain_return(params), plain_return(jax.device_get(result.state.params))
+  steered = np.mean([h["return_mean"] for h in result.history[:2]])
+  # The search is better than the policy it searches over, and imitating it moves the policy.
+  print(f"plain return {before:.3f} -> {after:.3f}; steered {steered:.3f}")
+  assert steered > 1.2 * before, (steered, before)
+  assert after > 1.5 * before, (before, after)
+
+
+def test_exit_settings_are_checked():
+  rl = rl_config(algorithm="exit", exit_candidates=0)
+  with pytest.raises(ValueError, match="rl.exit_candidates=0"):
+    rl_config_lib.check_rl_config(rl, "flow")
+  # Expert iteration needs no likelihood: any head passes the likelihood checks.
+  rl_config_lib.check_rl_config(rl_config(algorithm="exit"), "diffusion_token_head_x")
