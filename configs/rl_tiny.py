@@ -36,7 +36,8 @@ def get_config(arg=None):
                             iterations=300, groups=-1, group_size=-1, likelihood="exact",
                             reward="success", tasks="push+pick_place", eval_episodes=100,
                             eval_block="test", lr=1e-4, train="expert", replan=-1, scored=0,
-                            candidates=8, updates=4, search_steps=0)
+                            candidates=8, updates=4, search_steps=0,
+                            demo_weight=0.0)
   if a.algorithm not in rl_config_lib.ALGORITHMS:
     raise ValueError(f"rl_tiny: algorithm='{a.algorithm}' not in {rl_config_lib.ALGORITHMS}")
   exit_ = a.algorithm == "exit"
@@ -53,6 +54,7 @@ def get_config(arg=None):
   c.rl = rl_config_lib.default_rl_config()
   c.rl.algorithm = a.algorithm
   c.rl.exit_candidates = a.candidates
+  c.rl.exit_demo_weight = a.demo_weight  # exit: demonstrations mixed into each update
   if a.search_steps:  # Flow: Euler steps of the search's candidates (0 = evaluation's).
     c.rl.exit_sample_options.num_steps = a.search_steps
   c.rl.likelihood = a.likelihood

@@ -9,6 +9,7 @@ import pytest
 from _rl_toy import make_adapter, make_env, make_policy, rl_config, run
 
 from vla_jax.data import traj_transforms
+from vla_jax.envs import rollout as rollout_lib
 from vla_jax.rl import collect
 from vla_jax.rl import config as rl_config_lib
 from vla_jax.rl import expert_iteration
@@ -20,15 +21,23 @@ def _builder(env, policy, adapter, **overrides):
   return expert_iteration.ExpertIterationStep(policy, env, adapter, rl)
 
 
-def test_examples_are_the_data_pipelines_chunks_of_successful_steered_episodes():
-  env = make_env()
+@pytest.fixture(scope="module")
+def plain():
+  """The micro reach env and policy, and the best-of-1 (the policy's own samples) builder whose
+  compiled rollout the tests share."""
+  env = make_env(task="reach")
   policy = make_policy(env)
   adapter = make_adapter(env, policy)
+  return env, policy, adapter, _builder(env, policy, adapter, exit_candidates=1, num_groups=32)
+
+
+def test_examples_are_the_data_pipelines_chunks_of_successful_episodes(plain):
+  env, policy, adapter, builder = plain
   params = policy.init(jax.random.key(0), adapter.observation(adapter.initial_history(1),
                                                               jnp.zeros((1,), jnp.int32)))
-  builder = _builder(env, policy, adapter, exit_candidates=4)
-  seeds, tasks = collect.train_episodes(0, 8, 1, [int(i) for i in env.enabled_task_ids])
+  seeds, tasks = collect.train_episodes(0, 32, 1, [int(i) for i in env.enabled_task_ids])
   _, traj = builder.collect(params, {"seeds": seeds, "task_ids": tasks}, jax.random.key(1))
+  traj = jax.tree.map(lambda x: x[:, :8] if x.ndim >= 2 else x[:8], traj)  # 8 envs suffice
   t, n = traj["valid"].shape
   # Episodes of several lengths (done at success or error stops an env: a valid prefix) and
   # both outcomes, whatever this micro policy happened to do.
@@ -54,10 +63,10 @@ def test_examples_are_the_data_pipelines_chunks_of_successful_steered_episodes()
                                   valid[:, e] & success[e])
   # The observation each step's action was chosen from (the adapter's history window).
   assert flat["image/base"].shape == (t * n, adapter.window, *env.image_size, 3)
-  np.testing.assert_array_equal(
-      np.asarray(flat["image/base"]).reshape((t, n) + flat["image/base"].shape[1:])[0, :, -1],
-      np.asarray(jax.vmap(env.reset_task)(jax.vmap(lambda s: jax.random.split(
-          jax.random.PRNGKey(s))[0])(jnp.asarray(seeds)), jnp.asarray(tasks)).obs["image/base"]))
+  reset_keys, _ = rollout_lib.seed_keys(seeds[:8])
+  start = rollout_lib.reset_batch(env, reset_keys, tasks[:8])
+  first_frames = np.asarray(flat["image/base"]).reshape((t, n) + flat["image/base"].shape[1:])
+  np.testing.assert_array_equal(first_frames[0, :, -1], np.asarray(start.obs["image/base"]))
 
 
 def _weakened_params(policy, adapter):
@@ -70,10 +79,8 @@ def _weakened_params(policy, adapter):
   return params
 
 
-def test_expert_iteration_improves_a_weakened_policy(tmp_path):
-  env = make_env(task="reach")
-  policy = make_policy(env)
-  adapter = make_adapter(env, policy)
+def test_expert_iteration_improves_a_weakened_policy(tmp_path, plain):
+  env, policy, adapter, plain = plain
   params = _weakened_params(policy, adapter)
   rl = rl_config(algorithm="exit", num_groups=16, group_size=1, exit_candidates=8,
                  exit_lookahead=2, exit_success_only=False, updates_per_iteration=4,
@@ -81,7 +88,6 @@ def test_expert_iteration_improves_a_weakened_policy(tmp_path):
   result = run(str(tmp_path), rl=rl, params=params, num_steps=6, learning_rate=1e-2)
 
   # The plain policy (best of 1 = its own sample) on 32 fixed demo-block start states.
-  plain = _builder(env, policy, adapter, exit_candidates=1, num_groups=32)
   seeds, tasks = collect.train_episodes(1000, 32, 1, [int(i) for i in env.enabled_task_ids])
   batch = {"seeds": seeds, "task_ids": tasks}
 
@@ -103,3 +109,34 @@ def test_exit_settings_are_checked():
     rl_config_lib.check_rl_config(rl, "flow")
   # Expert iteration needs no likelihood: any head passes the likelihood checks.
   rl_config_lib.check_rl_config(rl_config(algorithm="exit"), "diffusion_token_head_x")
+
+
+def test_demonstrations_anchor_every_update(tmp_path):
+  """``rl.exit_demo_weight``: the demonstrations' imitation loss is in every update (here demos
+  whose chunks are one constant: their loss falls while the run imitates them)."""
+  env = make_env(task="reach")
+  policy = make_policy(env)
+  adapter = make_adapter(env, policy)
+  target = np.full((policy.action_horizon, env.action_dim), 0.7, np.float32)
+
+  def demos(*, start_step, local_batch_size, process_index, process_count):
+    del start_step, process_index, process_count
+    keys = jax.random.split(jax.random.key(3), local_batch_size)
+    states = jax.vmap(env.reset)(keys)
+    obs = {**states.obs, "step": states.info["step"]}
+    history = adapter.update_history(adapter.initial_history(local_batch_size), obs)
+    row = jax.tree.map(np.asarray, adapter.observation(history, states.info["instruction_id"]))
+    row["actions"] = np.broadcast_to(target, (local_batch_size,) + target.shape).copy()
+    row["action_mask"] = np.ones((local_batch_size, policy.action_horizon), bool)
+    while True:
+      yield row
+
+  rl = rl_config(algorithm="exit", num_groups=4, group_size=1, exit_candidates=2,
+                 exit_lookahead=1, exit_demo_weight=1.0)
+  result = run(str(tmp_path), rl=rl, demos=demos, num_steps=4, learning_rate=1e-2)
+  demo_loss = [h["demo_loss"] for h in result.history]
+  assert max(demo_loss[1:]) < 0.7 * demo_loss[0], demo_loss
+  assert all(np.isfinite(h["steered_loss"]) for h in result.history)
+
+  with pytest.raises(ValueError, match="no 'demo/<key>' rows"):
+    run(str(tmp_path / "none"), rl=rl, num_steps=1)

@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
+from vla_jax.data import pipeline
 from vla_jax.envs import tabletop
 from vla_jax.eval import intervals, report, videos
 from vla_jax.jobs import main_job
@@ -206,9 +207,12 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
     print_fn(f"[eval @ iteration 0] {res.summary()}", flush=True)
   # The others wait here, not in the train loop's first collective (gloo gives up after 30 s).
   distributed.wait_for_all("vla_jax.rl_job.start", main_job.WAIT_TIMEOUT_S)
+  make_data_iterator = collect.make_episode_iterator(rl.num_groups, rl.group_size, task_ids)
+  if rl.algorithm == "exit" and rl.exit_demo_weight > 0:
+    make_data_iterator = expert_iteration.with_demos(
+        make_data_iterator, demo_iterator(base, loaded, config.train.seed, config.init_workdir))
   result = trainer.train(run_config, workdir, model=model,
-                         make_data_iterator=collect.make_episode_iterator(
-                             rl.num_groups, rl.group_size, task_ids),
+                         make_data_iterator=make_data_iterator,
                          assets=assets, print_fn=print_fn,
                          callback=periodic_eval if rl.eval_every else None,
                          callback_every=rl.eval_every, make_step=builder)
@@ -284,12 +288,38 @@ def run_rl_job(config: ml_collections.ConfigDict, workdir: str, *, command: str 
   return path
 
 
+def demo_iterator(base: ml_collections.ConfigDict, loaded, seed: int, init_workdir: str):
+  """A ``make_data_iterator`` of the starting run's demonstrations (its own data config,
+  tokenizers and the checkpoint's statistics), for expert iteration's anchor."""
+  path = base.data.datasets[main_job.DATASET].path
+  if not path or not os.path.isdir(path):
+    raise FileNotFoundError(
+        f"rl.exit_demo_weight > 0 mixes in the demonstrations {init_workdir} was trained on, but "
+        f"its dataset path {path!r} (config data.datasets.{main_job.DATASET}.path) does not "
+        f"exist here; rebuild it with the main job's command ({MAIN_JOB_COMMAND}) or set "
+        "rl.exit_demo_weight=0")
+  action_tokenizer = None
+  if base.policy.head == "ar" and base.policy.ar.tokenizer == "fast":
+    action_tokenizer = loaded.policy.action_tokenizer
+
+  def factory(*, start_step, local_batch_size, process_index, process_count):
+    it, _ = pipeline.make_train_iterator(
+        base.data, text_tokenizer=loaded.text_tokenizer, batch_size=local_batch_size, seed=seed,
+        process_index=process_index, process_count=process_count, start_step=start_step,
+        norm_stats={main_job.DATASET: loaded.norm_stats}, action_tokenizer=action_tokenizer,
+        max_action_tokens=base.policy.ar.get("max_fast_tokens", 0))
+    return it
+  return factory
+
+
 def algorithm_label(rl: ml_collections.ConfigDict) -> str:
   """How the report names the algorithm and its main settings."""
   if rl.algorithm == "exit":
     return (f"expert iteration (imitating its own episodes steered by the MJX oracle, best of "
             f"{rl.exit_candidates} chunks, {rl.exit_lookahead}-step lookahead"
-            f"{', successful episodes only' if rl.exit_success_only else ''})")
+            f"{', successful episodes only' if rl.exit_success_only else ''}"
+            + (f", demonstrations at weight {rl.exit_demo_weight:g}" if rl.exit_demo_weight
+               else "") + ")")
   return f"{rl.algorithm.upper()} ({rl.likelihood} likelihood, {rl.reward} reward)"
 
 

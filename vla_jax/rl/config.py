@@ -25,6 +25,10 @@ def default_rl_config() -> ml_collections.ConfigDict:
     exit_lookahead: control steps each candidate is simulated in a copy of the true state
       (1 ... H; H = 4 is what the steering results used).
     exit_success_only: imitate only the steps of steered episodes that end in success.
+    exit_demo_weight: weight of the imitation loss on demonstrations of the starting run's
+      dataset mixed into every expert-iteration update (0 = none; the imitation of its own
+      samples alone drifts, docs/experiments/rl_tiny.md); one demonstration per env each
+      iteration.
     exit_sample_options: the head's sampling options for the search's candidates, on top of
       evaluation's (e.g. flow ``num_steps``).
     gamma, gae_lambda: PPO's discount and GAE lambda (0.99, 0.95: the common PPO defaults).
@@ -93,6 +97,7 @@ def default_rl_config() -> ml_collections.ConfigDict:
       "exit_candidates": 8,
       "exit_lookahead": 4,
       "exit_success_only": True,
+      "exit_demo_weight": 0.0,
       "exit_sample_options": ml_collections.ConfigDict(),
       "gamma": 0.99,
       "gae_lambda": 0.95,
