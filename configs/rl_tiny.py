@@ -1,19 +1,24 @@
-"""RL fine-tuning of the main job's policy (GRPO, Flow-Noise likelihood) in batched MJX.
+"""RL fine-tuning of the main job's policy in batched MJX (GRPO with Flow-Noise by default).
 
   python experiments/train.py --config=configs/vla_tiny.py --workdir=workdirs/vla_tiny  # first
   python experiments/finetune_rl.py --config=configs/rl_tiny.py --workdir=workdirs/rl_tiny
   python experiments/finetune_rl.py --config=configs/rl_tiny.py:iterations=5,eval_episodes=4 \\
       --workdir=/tmp/rl_smoke
 
-Args (``:key=value,...``): init_workdir (workdirs/vla_tiny), iterations (300), groups (start
-states per iteration, 8), group_size (G, 8), likelihood (exact | fpo), reward (success | dense),
-tasks (push+pick_place: "+"-separated task families RL trains on, "" = all), eval_episodes
-(before/after, per task: 100), eval_block (test; dev for tuning runs), lr (1e-4), train
-(expert: the VLM is frozen but its action expert; all: needed by token heads without one,
-``policy.ar.expert`` / ``policy.discrete_diffusion.expert`` False), replan (control steps between decisions during RL: 4 = whole chunks; 0 = the
-evaluation's), scored (flow: the likelihood scores the chunk's first this many actions; 0 =
-all H). ``--config.rl.algorithm=ppo`` switches to PPO with
-a critic (vla_jax/rl/config.py lists every RL key and the published values they start from).
+Args (``:key=value,...``): algorithm (grpo | ppo | exit: expert iteration, the policy imitating
+its own episodes steered by the MJX oracle's best-of-N search), init_workdir (workdirs/vla_tiny),
+iterations (300), groups (start states per iteration; -1 = the algorithm's: GRPO 8, exit 64),
+group_size (G; -1: GRPO 8, exit 1), likelihood (exact | fpo), reward (success | dense), tasks
+(push+pick_place: "+"-separated task families RL trains on, "" = all), eval_episodes
+(before/after, per task: 100), eval_block (test; dev for tuning runs), lr (1e-4), train (expert:
+the VLM is frozen but its action expert; all: needed by token heads without one,
+``policy.ar.expert`` / ``policy.discrete_diffusion.expert`` False), replan (control steps
+between decisions during RL; -1: GRPO 4 = whole chunks, exit 0 = the evaluation's), scored
+(flow: the likelihood scores the chunk's first this many actions; 0 = all H), updates (optimizer
+steps per iteration, 4); exit only: candidates (N, 8), search_steps (flow Euler steps of the
+candidates, 0 = evaluation's), demo_weight (weight of the starting run's demonstrations in every
+update, 0 = none). vla_jax/rl/config.py lists every RL key and the published values they start
+from.
 
 Writes ``<workdir>/report_rl.md``: success per task before and after on the ``test`` block
 with 95% intervals, curves against env steps and wall-clock, throughput, videos.
