@@ -98,7 +98,7 @@ class Model:
 
 
 def run(workdir: str, rl=None, mesh=None, params=None, print_fn=lambda *a, **k: None,
-        env=None, on_batch=None, callback=None, callback_every=0, demos=None,
+        env=None, on_batch=None, callback=None, callback_every=0,
         **train_overrides) -> trainer.TrainResult:
   """RL iterations of the micro policy in the micro env through ``trainer.train``.
 
@@ -112,8 +112,6 @@ def run(workdir: str, rl=None, mesh=None, params=None, print_fn=lambda *a, **k: 
   config = ml_collections.ConfigDict({"rl": rl, "train": train_config(rl, **train_overrides)})
   task_ids = [int(i) for i in env.enabled_task_ids]
   episodes = collect.make_episode_iterator(rl.num_groups, rl.group_size, task_ids)
-  if demos is not None:  # Expert iteration's demonstrations (a make_data_iterator factory).
-    episodes = expert_iteration.with_demos(episodes, demos)
 
   def make_data_iterator(*, start_step, **kwargs):
     for step, batch in enumerate(episodes(start_step=start_step, **kwargs), start_step):

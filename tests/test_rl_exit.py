@@ -111,32 +111,55 @@ def test_exit_settings_are_checked():
   rl_config_lib.check_rl_config(rl_config(algorithm="exit"), "diffusion_token_head_x")
 
 
-def test_demonstrations_anchor_every_update(tmp_path):
-  """``rl.exit_demo_weight``: the demonstrations' imitation loss is in every update (here demos
-  whose chunks are one constant: their loss falls while the run imitates them)."""
-  env = make_env(task="reach")
-  policy = make_policy(env)
-  adapter = make_adapter(env, policy)
-  target = np.full((policy.action_horizon, env.action_dim), 0.7, np.float32)
+def test_demonstrations_enter_every_update_at_their_weight(plain):
+  """``rl.exit_demo_weight``: each update's loss is the steered examples' imitation loss plus
+  the weight times the demonstrations', and a step whose batch lacks them is refused."""
+  env, policy, adapter, _ = plain
+  builder = _builder(env, policy, adapter, exit_candidates=2, exit_demo_weight=0.5)
+  n = 6
+  states = jax.vmap(env.reset)(jax.random.split(jax.random.key(3), n))
+  history = adapter.update_history(adapter.initial_history(n),
+                                   {**states.obs, "step": states.info["step"]})
+  obs = adapter.observation(history, states.info["instruction_id"])
+  chunk = (n, policy.action_horizon, env.action_dim)
+  steered = {**obs, "actions": jax.random.normal(jax.random.key(4), chunk),
+             "action_mask": jnp.ones(chunk[:2], bool)}
+  demos = {**obs, "actions": jnp.full(chunk, 0.7), "action_mask": jnp.ones(chunk[:2], bool)}
+  params = policy.init(jax.random.key(0), obs)
+  key = jax.random.key(5)
+  loss, metrics = builder.loss(params, steered, demos, key)
+  k_steered, k_demo = jax.random.split(key)
+  want_s, _ = policy.loss(params, steered, k_steered)
+  want_d, _ = policy.loss(params, demos, k_demo)
+  np.testing.assert_allclose(loss, want_s + 0.5 * want_d, rtol=1e-6)
+  np.testing.assert_allclose(metrics["demo_loss"], want_d, rtol=1e-6)
+  np.testing.assert_allclose(builder.loss(params, steered, None, key)[0], want_s, rtol=1e-6)
 
-  def demos(*, start_step, local_batch_size, process_index, process_count):
-    del start_step, process_index, process_count
-    keys = jax.random.split(jax.random.key(3), local_batch_size)
-    states = jax.vmap(env.reset)(keys)
-    obs = {**states.obs, "step": states.info["step"]}
-    history = adapter.update_history(adapter.initial_history(local_batch_size), obs)
-    row = jax.tree.map(np.asarray, adapter.observation(history, states.info["instruction_id"]))
-    row["actions"] = np.broadcast_to(target, (local_batch_size,) + target.shape).copy()
-    row["action_mask"] = np.ones((local_batch_size, policy.action_horizon), bool)
-    while True:
-      yield row
-
-  rl = rl_config(algorithm="exit", num_groups=4, group_size=1, exit_candidates=2,
-                 exit_lookahead=1, exit_demo_weight=1.0)
-  result = run(str(tmp_path), rl=rl, demos=demos, num_steps=4, learning_rate=1e-2)
-  demo_loss = [h["demo_loss"] for h in result.history]
-  assert max(demo_loss[1:]) < 0.7 * demo_loss[0], demo_loss
-  assert all(np.isfinite(h["steered_loss"]) for h in result.history)
-
+  seeds, tasks = collect.train_episodes(0, 8, 1, [int(i) for i in env.enabled_task_ids])
   with pytest.raises(ValueError, match="no 'demo/<key>' rows"):
-    run(str(tmp_path / "none"), rl=rl, num_steps=1)
+    builder.step(None, {"seeds": seeds, "task_ids": tasks}, None, optimizer=None,
+                 schedule=None, trainable=".*")
+
+
+def test_demonstration_rows_travel_in_the_rl_batch():
+  def episodes(**kwargs):
+    del kwargs
+    while True:
+      yield {"seeds": np.arange(2), "task_ids": np.zeros(2, np.int32)}
+
+  def demos(**kwargs):
+    assert kwargs == {"start_step": 3, "local_batch_size": 2, "process_index": 0,
+                      "process_count": 1}
+    step = 0
+    while True:
+      yield {"actions": np.full((2, 4, 1), step), "action_mask": np.ones((2, 4), bool)}
+      step += 1
+
+  it = expert_iteration.with_demos(episodes, demos)(start_step=3, local_batch_size=2,
+                                                    process_index=0, process_count=1)
+  next(it)
+  batch = next(it)
+  assert sorted(batch) == ["demo/action_mask", "demo/actions", "seeds", "task_ids"]
+  demo = expert_iteration.demo_batch(batch)
+  assert sorted(demo) == ["action_mask", "actions"] and np.all(demo["actions"] == 1)
+  assert expert_iteration.demo_batch({"seeds": 1}) == {}

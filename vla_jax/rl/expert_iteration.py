@@ -132,32 +132,35 @@ class ExpertIterationStep:
         "actions": chunks, "action_mask": mask})
     return flat, eligible.reshape(t * n)
 
+  def loss(self, params, examples: dict, demos: dict | None, key: jax.Array
+           ) -> tuple[jax.Array, dict]:
+    """The head's imitation loss on steered ``examples`` (batch contract), plus
+    ``rl.exit_demo_weight`` times its loss on ``demos`` (None: no demonstrations)."""
+    steered_key, demo_key = jax.random.split(key)
+    loss, metrics = self.policy.loss(params, examples, steered_key)
+    metrics = {**metrics, "steered_loss": loss}
+    if demos is not None:
+      demo_loss, _ = self.policy.loss(params, demos, demo_key)
+      loss = loss + self.rl.exit_demo_weight * demo_loss
+      metrics["demo_loss"] = demo_loss
+    return loss, metrics
+
   def step(self, state: TrainState, batch: dict, ref_params: Any, *,
            optimizer: optax.GradientTransformation, schedule: optax.Schedule,
            trainable: str) -> tuple[TrainState, dict]:
     """One expert-iteration step (module docstring); the new state and float32 scalar metrics."""
     del ref_params  # No KL term: the targets are the policy's own (searched) samples.
     rl = self.rl
-    rng = jax.random.fold_in(state.rng, state.step)
-    collect_key, update_key = jax.random.split(rng)
-    final, traj = self.collect(jax.lax.stop_gradient(state.params), batch, collect_key)
-    del final
-    flat, eligible = self.examples(traj)
     demos = demo_batch(batch)
     demo_weight = rl.get("exit_demo_weight", 0.0)
     if demo_weight > 0 and not demos:
       raise ValueError("rl.exit_demo_weight > 0 but the batch holds no 'demo/<key>' rows (the RL "
                        "job adds them from the starting run's dataset)")
-
-    def loss_fn(params, examples, key):
-      steered_key, demo_key = jax.random.split(key)
-      loss, metrics = self.policy.loss(params, examples, steered_key)
-      metrics = {"steered_loss": loss, **metrics}
-      if demo_weight > 0:
-        demo_loss, _ = self.policy.loss(params, demos, demo_key)
-        loss = loss + demo_weight * demo_loss
-        metrics["demo_loss"] = demo_loss
-      return loss, metrics
+    rng = jax.random.fold_in(state.rng, state.step)
+    collect_key, update_key = jax.random.split(rng)
+    final, traj = self.collect(jax.lax.stop_gradient(state.params), batch, collect_key)
+    del final
+    flat, eligible = self.examples(traj)
 
     def update(carry, key):
       params, opt_state = carry
@@ -168,8 +171,8 @@ class ExpertIterationStep:
           {k: v for k, v in mb.items() if k not in ("instruction_id", "actions", "action_mask")},
           mb["instruction_id"]),
           "actions": mb["actions"], "action_mask": mb["action_mask"] & (weights[:, None] > 0)}
-      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, examples,
-                                                                         loss_key)
+      (loss, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(
+          params, examples, demos if demo_weight > 0 else None, loss_key)
       new_params, new_opt, grads, _ = step_lib.apply_gradients(params, opt_state, grads,
                                                                optimizer, trainable)
       any_kept = (weights.sum() > 0) | (demo_weight > 0)
