@@ -22,7 +22,8 @@ os.environ.setdefault("XLA_FLAGS", FAST_COMPILE_XLA_FLAGS)
 # Modules measured slowest here (pytest --durations, 2-core machine, 2026-12-07), longest
 # first; the rest keep their order after them.
 SLOW_MODULES = ("test_multihost_train.py", "test_colabs.py", "test_heads.py",
-                "test_rl_training.py", "test_sharding.py", "test_steering.py", "test_resume.py")
+                "test_rl_training.py", "test_sharding.py", "test_steering.py", "test_resume.py",
+                "test_rl_exit.py")
 
 
 def pytest_collection_modifyitems(items):
