@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vla_jax.data import normalization
+from vla_jax.envs import rollout as rollout_lib
 from vla_jax.eval import seeds as seeds_lib
 from vla_jax.eval.closed_loop import EnvPolicyAdapter
 
@@ -77,6 +78,13 @@ class RLActor:
 def _recorded(out: dict) -> dict:
   """What a decision records of the sampler's output (``value``: PPO's critic, when present)."""
   return {k: out[k] for k in ("sample", "log_prob", "value") if k in out}
+
+
+def start_states(env, batch: dict):
+  """The batched env states [N] an RL iteration starts from: ``batch["seeds"]`` int32 [N]
+  reset (``vla_jax.envs.rollout.seed_keys``) with ``batch["task_ids"]`` int32 [N]."""
+  reset_keys, _ = rollout_lib.seed_keys(batch["seeds"])
+  return rollout_lib.reset_batch(env, reset_keys, batch["task_ids"])
 
 
 def train_episodes(step: int, num_groups: int, group_size: int, task_ids: Sequence[int]

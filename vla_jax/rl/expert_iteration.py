@@ -37,7 +37,6 @@ is used only to produce training episodes.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -49,6 +48,7 @@ from jax.sharding import Mesh
 from vla_jax.data import normalization
 from vla_jax.envs import rollout as rollout_lib
 from vla_jax.envs.tabletop import TabletopEnv
+from vla_jax.rl import collect
 from vla_jax.rl import step as rl_step
 from vla_jax.training import train_step as step_lib
 from vla_jax.training.train_state import TrainState
@@ -90,12 +90,9 @@ class ExpertIterationStep:
   def __call__(self, model, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                ema_decay: float, mesh: Mesh, state_shardings: Any, trainable: str):
     del model  # The policy was given to the constructor.
-    if ema_decay > 0:
-      raise ValueError("expert iteration keeps no EMA (train.ema_decay must be 0): the steered "
-                       "episodes must come from the params being updated")
-    step = functools.partial(self.step, optimizer=optimizer, schedule=schedule,
-                             trainable=trainable)
-    return rl_step.jit_rl_step(step, mesh, state_shardings)
+    return rl_step.jit_rl_step(self.step, optimizer=optimizer, schedule=schedule,
+                               ema_decay=ema_decay, mesh=mesh, state_shardings=state_shardings,
+                               trainable=trainable)
 
   def initial_params(self, rng: jax.Array, example_observation: dict) -> Any:
     """The policy's init params (every one is then loaded from the starting checkpoint)."""
@@ -104,10 +101,9 @@ class ExpertIterationStep:
   def collect(self, params, batch: dict, key: jax.Array) -> tuple[Any, dict]:
     """Steered rollouts of ``batch``'s start states: ``(final env state, trajectory)``
     (time-major, ``vla_jax.envs.rollout.make_rollout``; ``extras["history"]`` [T, N, ...])."""
-    n, t = batch["seeds"].shape[0], self.env.horizon
-    reset_keys, _ = rollout_lib.seed_keys(batch["seeds"])
-    start = rollout_lib.reset_batch(self.env, reset_keys, batch["task_ids"])
-    return self.rollout(start, jax.random.split(key, t), self.search.initial_carry(n), params)
+    return self.rollout(collect.start_states(self.env, batch),
+                        jax.random.split(key, self.env.horizon),
+                        self.search.initial_carry(batch["seeds"].shape[0]), params)
 
   def examples(self, traj: dict) -> tuple[dict, jax.Array]:
     """Imitation examples of a steered trajectory, flattened over (step, env) [T * N, ...]:

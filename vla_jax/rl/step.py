@@ -89,12 +89,9 @@ class RLStepBuilder:
   def __call__(self, model, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                ema_decay: float, mesh: Mesh, state_shardings: Any, trainable: str):
     del model  # The policy was given to the constructor.
-    if ema_decay > 0:
-      raise ValueError("RL fine-tuning keeps no EMA (train.ema_decay must be 0): the rollouts "
-                       "must come from the params being updated")
-    step = functools.partial(self.step, optimizer=optimizer, schedule=schedule,
-                             trainable=trainable)
-    return jit_rl_step(step, mesh, state_shardings, self.ref_params)
+    return jit_rl_step(self.step, optimizer=optimizer, schedule=schedule, ema_decay=ema_decay,
+                       mesh=mesh, state_shardings=state_shardings, trainable=trainable,
+                       ref_params=self.ref_params)
 
   def initial_params(self, rng: jax.Array, example_observation: dict) -> Any:
     """The policy's init params, plus the critic's (:data:`value.VALUE_KEY`) for PPO and the
@@ -118,11 +115,9 @@ class RLStepBuilder:
   def collect(self, params, batch: dict, key: jax.Array) -> tuple[Any, dict]:
     """Rollouts of ``batch``'s start states with ``params``: ``(final env state, trajectory)``
     (time-major, see ``vla_jax.envs.rollout.make_rollout``)."""
-    n, t = batch["seeds"].shape[0], self.env.horizon
-    reset_keys, _ = rollout_lib.seed_keys(batch["seeds"])
-    start = rollout_lib.reset_batch(self.env, reset_keys, batch["task_ids"])
-    carry = self.actor.initial_carry(n, params)
-    return self.rollout(start, jax.random.split(key, t), carry, params)
+    carry = self.actor.initial_carry(batch["seeds"].shape[0], params)
+    return self.rollout(collect.start_states(self.env, batch),
+                        jax.random.split(key, self.env.horizon), carry, params)
 
   def advantages(self, params, final, traj: dict) -> tuple[jax.Array, jax.Array, dict]:
     """``(advantages [T, N], eligible decisions bool [T, N], extra per-decision arrays)``.
@@ -274,10 +269,22 @@ def check_policy_supports(policy, rl: ml_collections.ConfigDict) -> None:
         "Flow-Noise, or fpo), and the heads whose sample_stochastic has landed")
 
 
-def jit_rl_step(step, mesh: Mesh, state_shardings: Any, ref_params: Any = None):
-  """``step(state, batch, ref_params) -> (state, metrics)`` jitted for the train loop:
-  ``(state, batch) -> (state, metrics)`` with the state donated and sharded like training's,
-  the batch (seeds) along the mesh's data axis, the metrics replicated."""
+def jit_rl_step(step, *, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                ema_decay: float, mesh: Mesh, state_shardings: Any, trainable: str,
+                ref_params: Any = None):
+  """An RL builder's ``step(state, batch, ref_params, *, optimizer, schedule, trainable) ->
+  (state, metrics)`` jitted for the train loop: ``(state, batch) -> (state, metrics)`` with the
+  state donated and sharded like training's, the batch (seeds) along the mesh's data axis, the
+  metrics replicated.
+
+  Raises:
+    ValueError: with an EMA (``train.ema_decay > 0``): rollouts must come from the params being
+      updated.
+  """
+  if ema_decay > 0:
+    raise ValueError("RL fine-tuning keeps no EMA (train.ema_decay must be 0): the rollouts "
+                     "must come from the params being updated")
+  step = functools.partial(step, optimizer=optimizer, schedule=schedule, trainable=trainable)
   jitted = jax.jit(step, in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh),
                                        state_shardings.params if ref_params is not None
                                        else None),
