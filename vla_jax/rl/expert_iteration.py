@@ -50,7 +50,6 @@ from vla_jax.envs import rollout as rollout_lib
 from vla_jax.envs.tabletop import TabletopEnv
 from vla_jax.rl import collect
 from vla_jax.rl import step as rl_step
-from vla_jax.training import train_step as step_lib
 from vla_jax.training.train_state import TrainState
 from vla_jax.world_model import steering
 
@@ -169,11 +168,8 @@ class ExpertIterationStep:
           "actions": mb["actions"], "action_mask": mb["action_mask"] & (weights[:, None] > 0)}
       (loss, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(
           params, examples, demos if demo_weight > 0 else None, loss_key)
-      new_params, new_opt, grads, _ = step_lib.apply_gradients(params, opt_state, grads,
-                                                               optimizer, trainable)
-      any_kept = (weights.sum() > 0) | (demo_weight > 0)
-      params, opt_state = jax.tree.map(lambda a, b: jnp.where(any_kept, a, b),
-                                       (new_params, new_opt), (params, opt_state))
+      params, opt_state, grads = rl_step.apply_if((weights.sum() > 0) | (demo_weight > 0),
+                                                  params, opt_state, grads, optimizer, trainable)
       return (params, opt_state), {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     (params, opt_state), per_update = jax.lax.scan(

@@ -183,11 +183,8 @@ class RLStepBuilder:
       obs = self.adapter.observation(mb["history"], mb["instruction_id"])
       (loss, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(
           params, old_params, ref_params, obs, mb, weights, loss_key)
-      new_params, new_opt, grads, _ = step_lib.apply_gradients(params, opt_state, grads,
-                                                               optimizer, trainable)
-      any_kept = weights.sum() > 0
-      params, opt_state = jax.tree.map(lambda a, b: jnp.where(any_kept, a, b),
-                                       (new_params, new_opt), (params, opt_state))
+      params, opt_state, grads = apply_if(weights.sum() > 0, params, opt_state, grads,
+                                          optimizer, trainable)
       return (params, opt_state), {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     (params, opt_state), per_update = jax.lax.scan(
@@ -291,6 +288,18 @@ def jit_rl_step(step, *, optimizer: optax.GradientTransformation, schedule: opta
                    out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
                    donate_argnums=(0,))
   return lambda state, batch: jitted(state, batch, ref_params)
+
+
+def apply_if(apply: jax.Array, params, opt_state, grads, optimizer: optax.GradientTransformation,
+             trainable: str) -> tuple[Any, Any, Any]:
+  """``(params, opt_state, grads)`` after one optimizer step on ``grads`` (the ``trainable``
+  params only), or the inputs unchanged where the scalar bool ``apply`` is False (an update with
+  nothing to learn from: no kept decision)."""
+  new_params, new_opt, grads, _ = step_lib.apply_gradients(params, opt_state, grads, optimizer,
+                                                           trainable)
+  params, opt_state = jax.tree.map(lambda a, b: jnp.where(apply, a, b), (new_params, new_opt),
+                                   (params, opt_state))
+  return params, opt_state, grads
 
 
 def pick_decisions(key: jax.Array, eligible: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
