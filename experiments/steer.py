@@ -4,7 +4,8 @@
 
 At every decision the policy samples N action chunks, a scorer rates them and the best is
 executed (``vla_jax/world_model/steering.py``); N = 1 is the policy alone. Scorers: ``oracle``
-(the MJX oracle, privileged: each candidate simulated in a copy of the true state). Writes
+(the MJX oracle, privileged: each candidate simulated in a copy of the true state) and
+``world_model`` (imagined in a trained world model, ``--world_model=workdirs/wm_tiny``). Writes
 ``<workdir>/steering/report_steering.md`` (success per task with 95% intervals for every N, ms
 per decision) and ``steering.png``. Tune on ``--block=dev``; ``test`` is for the reported figure.
 
@@ -35,6 +36,9 @@ _LOOKAHEAD = flags.DEFINE_integer("lookahead", None, "Control steps the oracle s
 _OPTIONS = flags.DEFINE_multi_string(
     "sample_option", [], "name=value head sampling option for the candidates, repeatable "
     "(value as a Python literal), e.g. --sample_option=noise_temperature=1.5.")
+_WORLD_MODEL = flags.DEFINE_string(
+    "world_model", None, "Workdir of a trained world model (experiments/train_world_model.py), "
+    "for the world_model scorer.")
 _OUT = flags.DEFINE_string("out", None, "Report directory (default <workdir>/steering).")
 flags.mark_flags_as_required(["workdir"])
 
@@ -55,9 +59,16 @@ def main(argv):
   print(f"[steer] {_WORKDIR.value} step {loaded.step} ({loaded.config['policy']['head']} head), "
         f"{_EPISODES.value} episodes per task on the '{_BLOCK.value}' block", flush=True)
   lookahead = _LOOKAHEAD.value or loaded.policy.action_horizon
+  world_model = None
+  if "world_model" in _SCORERS.value:
+    if not _WORLD_MODEL.value:
+      raise app.UsageError("--scorers=world_model needs --world_model=<world-model workdir>")
+    from vla_jax.jobs import wm_job  # pylint: disable=g-import-not-at-top
+    world_model = wm_job.load_world_model(_WORLD_MODEL.value)
   rows = steer_job.run_sweep(loaded, scorers=_SCORERS.value, num_candidates=counts,
                              block=_BLOCK.value, episodes_per_task=_EPISODES.value,
-                             lookahead=lookahead, sample_options=options)
+                             lookahead=lookahead, sample_options=options,
+                             world_model=world_model)
   out = _OUT.value or os.path.join(_WORKDIR.value, "steering")
   path = steer_job.write_report(rows, out, workdir=_WORKDIR.value, step=loaded.step,
                                 lookahead=lookahead, command=" ".join(sys.argv),

@@ -5,8 +5,9 @@ Asserts: N copies of an MJX state stepped in a batch equal each env stepped alon
 oracle's scores are the returns an independent step-by-step simulation gives, read only the
 first ``lookahead`` actions, and rank an undecodable (NaN) chunk last; best-of-1 is the policy's
 own sample from the same key; best-of-N executes the argmax of the scorer over N
-distinct samples and, with the oracle, earns more reward than the policy alone; bad settings
-are named.
+distinct samples; bad settings are named. That the oracle's steering earns more than the policy
+alone in closed loop is asserted by tests/test_rl_exit.py (steered return > 1.2x plain), which
+compiles the steered rollout anyway.
 """
 
 import _rl_toy as toy
@@ -104,17 +105,6 @@ def test_best_of_n_executes_the_oracles_best_of_distinct_samples(setup):
   assert float(jnp.ptp(scores, axis=1).min()) > 0  # and they score differently
   pick = np.asarray(jnp.argmax(scores, axis=1))
   np.testing.assert_array_equal(chunk, candidates[np.arange(B), pick])
-  # Closed loop (8 reach episodes from the same seeds and keys): steered by the oracle, the
-  # untrained policy earns more reward than alone.
-  seeds = np.arange(100, 108)
-  returns = []
-  for fn in (adapter, best_of):
-    run = rollout_lib.make_seeded_rollout(
-        env, rollout_lib.make_rollout(env, fn, record_obs=False, privileged=fn is best_of),
-        per_env_keys=False)
-    traj = run(seeds, np.zeros(8, np.int32), adapter.initial_carry(8), params)[1]
-    returns.append(float(traj["reward"].sum()))
-  assert returns[1] > 1.2 * returns[0], returns
 
 
 def test_bad_settings_are_named(setup):

@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from vla_jax.data import standardize as std_lib
 
 # Upper bound on steps per episode when stacking an episode's steps into one trajectory.
-_MAX_STEPS = 1 << 30
+MAX_STEPS = 1 << 30
 
 
 def resolve_dataset_dir(path: str) -> str:
@@ -121,7 +121,7 @@ def read_trajectories(path: str, spec: std_lib.DatasetSpec, cameras, *, split: s
                           read_config=tfds.ReadConfig(interleave_cycle_length=1))
 
   def to_traj(index, episode):
-    steps = episode["steps"].batch(_MAX_STEPS).get_single_element()
+    steps = episode["steps"].batch(MAX_STEPS).get_single_element()
     traj = std_lib.standardize(steps, spec, cameras)
     traj["episode_index"] = index + first
     return traj

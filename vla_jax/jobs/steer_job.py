@@ -9,7 +9,9 @@ env, evaluation wall-clock) and ``steering.png`` (success against N with the int
 
 Scorers: ``oracle`` (the MJX oracle: each candidate simulated in a copy of the true state for
 ``lookahead`` control steps, scored by the env's return; privileged, an upper bound for learned
-scorers).
+scorers) and ``world_model`` (each candidate imagined for ``lookahead`` steps in a trained world
+model from the current observation, scored by the imagined return; ``world_model=`` a
+:class:`vla_jax.jobs.wm_job.LoadedWorldModel`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from vla_jax.eval import closed_loop, intervals
 from vla_jax.jobs import main_job
 from vla_jax.world_model import steering
 
-SCORERS = ("oracle",)
+SCORERS = ("oracle", "world_model")
 
 
 @dataclasses.dataclass
@@ -44,10 +46,20 @@ class SweepRow:
   decision_ms: float
 
 
-def make_scorer(name: str, env: tabletop.TabletopEnv, lookahead: int) -> steering.Scorer:
-  """The scorer called ``name`` (see :data:`SCORERS`)."""
+def make_scorer(name: str, env: tabletop.TabletopEnv, lookahead: int,
+                world_model: Any = None) -> steering.Scorer:
+  """The scorer called ``name`` (see :data:`SCORERS`); ``world_model`` (a
+  ``wm_job.LoadedWorldModel``) is required by ``world_model``."""
   if name == "oracle":
     return steering.MJXOracle(env, lookahead)
+  if name == "world_model":
+    if world_model is None:
+      raise ValueError("steering scorer 'world_model' needs a trained world model (steer.py "
+                       "--world_model=<workdir of experiments/train_world_model.py>)")
+    # Its env must be the policy's: the same images, resets and instructions.
+    from vla_jax.world_model import env as wm_env  # pylint: disable=g-import-not-at-top
+    wm_env.WorldModelEnv(world_model.model, world_model.params, env)
+    return steering.WorldModelScorer(world_model.model, world_model.params, lookahead)
   raise ValueError(f"steering scorer '{name}': unknown; known: {', '.join(SCORERS)}")
 
 
@@ -67,12 +79,13 @@ def decision_ms(evaluator: closed_loop.Evaluator, policy_fn: steering.BestOfN, p
 def run_sweep(loaded: main_job.LoadedPolicy, *, scorers: Sequence[str],
               num_candidates: Sequence[int], block: str, episodes_per_task: int,
               lookahead: int | None = None, sample_options: dict | None = None,
-              print_fn: Callable = print) -> list[SweepRow]:
+              world_model: Any = None, print_fn: Callable = print) -> list[SweepRow]:
   """Evaluates ``loaded``'s policy with every scorer and N; returns the rows in that order.
 
   ``lookahead``: control steps the oracle simulates per candidate (default the chunk length H).
   N = 1 is evaluated once (plain evaluation: no scorer is used). ``sample_options``: static head
-  sampling options for every row (e.g. ``{"noise_temperature": 1.5}``).
+  sampling options for every row (e.g. ``{"noise_temperature": 1.5}``). ``world_model``: the
+  ``wm_job.LoadedWorldModel`` of the ``world_model`` scorer.
   """
   bad = [n for n in num_candidates if n < 1]
   if bad or not num_candidates:
@@ -92,7 +105,7 @@ def run_sweep(loaded: main_job.LoadedPolicy, *, scorers: Sequence[str],
   if 1 in num_candidates:
     plan.insert(0, ("none", 1))
   for name, n in plan:
-    scorer = make_scorer(name, env, lookahead) if n > 1 else None
+    scorer = make_scorer(name, env, lookahead, world_model) if n > 1 else None
     make = functools.partial(steering.BestOfN, scorer=scorer, num_candidates=n)
     evaluator = main_job.make_evaluator(config, loaded.policy, loaded.norm_stats,
                                         loaded.text_tokenizer, env=env, steering=make,
@@ -123,7 +136,9 @@ def write_report(rows: Sequence[SweepRow], out_dir: str, *, workdir: str, step: 
            f"samples N action chunks, the scorer rates them and the best is executed (N = 1: "
            f"the policy alone). The MJX oracle simulates each candidate's first {lookahead} "
            "actions in a copy of the true state and scores the env's return: it is "
-           "**privileged** (an upper bound for learned scorers). Intervals: 95% Wilson. "
+           "**privileged** (an upper bound for learned scorers); the world model imagines "
+           "them from the current observation and scores the imagined return (not "
+           "privileged). Intervals: 95% Wilson. "
            "ms/decision: one env, N samples plus scoring, after compilation.", ""]
   if sample_options:
     lines += [f"Head sampling options (every row): `{sample_options}`.", ""]

@@ -10,8 +10,8 @@ A scorer is ``scorer(state, chunks, key) -> scores float32 [B, N]`` (higher is b
 never chosen unless all are): ``state`` the batched env :class:`~vla_jax.envs.tabletop.State`
 [B] at the decision, ``chunks`` env-space float32 [B, N, H, D] (NaN rows where the head's sample
 did not decode). The MJX oracle (:class:`MJXOracle`) is privileged: it reads the simulator's
-state. A learned scorer (world model, value function) reads only ``state.obs`` through the same
-interface.
+state. A learned scorer reads only ``state.obs`` (and the instruction) through the same
+interface: :class:`WorldModelScorer` imagines each candidate in a trained world model.
 
 Run it through the evaluator (``vla_jax.eval.closed_loop.Evaluator(steering=...)``), e.g.
 ``experiments/steer.py``.
@@ -71,6 +71,42 @@ class MJXOracle:
       raise ValueError(f"MJXOracle: lookahead={self.lookahead} exceeds the chunk length H={h}")
     actions = chunks[:, :, :self.lookahead].reshape(b * n, self.lookahead, d)
     return jax.vmap(self._simulate)(branch(state, n), actions).reshape(b, n)
+
+
+class WorldModelScorer:
+  """Learned scorer: imagines each candidate in a trained world model (not privileged).
+
+  The current observation (``state.obs``: the camera image and proprio state the policy sees)
+  is encoded once; each candidate's first ``lookahead`` actions are imagined from that latent
+  (``vla_jax.world_model.model.WorldModel.imagine``) and scored like the oracle scores its
+  simulation: the imagined reward (the model's estimate of the env's, which counts success)
+  summed over the lookahead. A candidate whose actions are not finite scores ``-inf``.
+
+  Args:
+    model: a :class:`~vla_jax.world_model.model.WorldModel`. params: its trained params.
+    lookahead: control steps imagined per candidate, 1 ... H.
+  """
+
+  def __init__(self, model: Any, params: Any, lookahead: int):
+    if lookahead < 1:
+      raise ValueError(f"WorldModelScorer: lookahead={lookahead} must be >= 1 control step")
+    self.model, self.params, self.lookahead = model, params, int(lookahead)
+
+  def __call__(self, state: State, chunks: jax.Array, key: jax.Array) -> jax.Array:
+    del key  # the world model is deterministic
+    b, n, h, d = chunks.shape
+    if self.lookahead > h:
+      raise ValueError(f"WorldModelScorer: lookahead={self.lookahead} exceeds the chunk length "
+                       f"H={h}")
+    key = self.model.image_key
+    z = self.model.encode(self.params, {key: state.obs[key], "state": state.obs["state"]})
+    actions = chunks[:, :, :self.lookahead].reshape(b * n, self.lookahead, d)
+    finite = jnp.all(jnp.isfinite(actions), axis=(1, 2))
+    out = self.model.imagine(self.params, jnp.repeat(z, n, axis=0),
+                             jnp.where(finite[:, None, None], actions, 0.0),
+                             jnp.repeat(state.info["instruction_id"], n, axis=0))
+    score = out["reward"].sum(1)
+    return jnp.where(finite, score, -jnp.inf).reshape(b, n)
 
 
 class BestOfN:

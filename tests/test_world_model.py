@@ -1,0 +1,168 @@
+"""The latent world model (vla_jax/world_model/) on the real paths: episodes collected in the MJX
+tabletop env (reach + push, 32 px, 16-step episodes) through the RLDS builder, the job's training
+through the one train loop, its checkpoint and report.
+
+Asserts: training lowers the loss, and the trained model's open-loop prediction of the proprio
+state beats the no-change baseline (it learned the dynamics from the actions); an imagined
+rollout is deterministic and equals step-by-step application of the dynamics, and the
+``WorldModelEnv`` run by the one rollout gives the same latents, rewards and success; windows
+are the episodes' own rows; success is recovered from the reward; a clean-label dataset, a
+wrong action/state dimension, a wrong image size and a checkpoint of another config are named
+errors.
+"""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from vla_jax.envs import rollout as rollout_lib
+from vla_jax.envs import tabletop
+from vla_jax.jobs import wm_job
+from vla_jax.world_model import data as data_lib
+from vla_jax.world_model import env as wm_env_lib
+from vla_jax.world_model import model as model_lib
+
+STEPS = 400
+
+
+def _config(tmp):
+  config = ml_collections.ConfigDict()
+  config.env = tabletop.default_env_config()
+  config.env.image_size = 32
+  config.env.horizon = 16
+  config.env.tasks = "reach+push"
+  config.camera = "base"
+  config.data = ml_collections.ConfigDict({
+      "noise_scales": "0.6", "train_episodes": 32, "validation_episodes": 8,
+      "batch_envs": 12, "steps_after_success": 4, "data_dir": os.path.join(tmp, "tfds")})
+  config.world_model = model_lib.default_model_config()
+  config.world_model.update(latent_dim=64, hidden_dim=64, cond_dim=8, channels="8,16,16",
+                            window=4)
+  from vla_jax.training import config as train_config_lib  # pylint: disable=g-import-not-at-top
+  config.train = train_config_lib.default_train_config()
+  config.train.update(num_steps=STEPS, batch_size=16, learning_rate=2e-3, warmup_steps=10,
+                      log_every=50, checkpoint_every=0)
+  config.report = ml_collections.ConfigDict({"horizon": 12, "videos": 2})
+  return config
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+  tmp = str(tmp_path_factory.mktemp("wm"))
+  config = _config(tmp)
+  workdir = os.path.join(tmp, "run")
+  lines = []
+  report = wm_job.run_wm_job(config, workdir, command="test",
+                             print_fn=lambda *a, **k: lines.append(" ".join(map(str, a))))
+  loaded = wm_job.load_world_model(workdir)
+  paths = wm_job.collect_datasets(config, config.data.data_dir)   # cached: returns at once
+  val = data_lib.concatenate([data_lib.load_episodes(p, "validation") for p in paths])
+  return config, workdir, report, lines, loaded, val
+
+
+def test_training_learns_dynamics_better_than_no_change(job):
+  config, workdir, report, lines, loaded, val = job
+  text = open(report).read()
+  assert "Prediction error against horizon" in text and os.path.exists(
+      os.path.join(workdir, "prediction_error.png"))
+  gifs = [f for f in os.listdir(os.path.join(workdir, "videos")) if f.endswith(".gif")]
+  assert len(gifs) == 2, gifs
+  losses = [float(line.split("loss ")[1].split()[0].rstrip(",")) for line in lines
+            if line.startswith("step ") and "loss " in line]
+  assert len(losses) >= 3 and losses[-1] < 0.6 * losses[0], losses
+  res = wm_job.evaluate_open_loop(loaded.model, loaded.params, val, horizon=8)
+  # The pusher moves up to 3 cm per step: the model must track it from the actions alone.
+  assert res["ee_error_cm"][3] < 0.5 * res["copy_ee_error_cm"][3], (
+      res["ee_error_cm"], res["copy_ee_error_cm"])
+  assert loaded.step == STEPS
+
+
+def test_imagined_rollout_is_deterministic_and_equals_step_by_step_dynamics(job):
+  config, _, _, _, loaded, val = job
+  model, params = loaded.model, loaded.params
+  ep = val.episode(0)
+  obs = {"image/base": ep["image"][:1], "state": ep["state"][:1]}
+  actions = jnp.asarray(ep["actions"][None, :6])
+  iid = jnp.asarray(val.instruction_id[:1])
+  imagine = jax.jit(lambda z, a: model.imagine(params, z, a, iid, context=obs["image/base"]))
+  z0 = model.encode(params, obs)
+  a, b = imagine(z0, actions), imagine(z0, actions)
+  for k in a:
+    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+  z = z0
+  for t in range(6):
+    z = model.advance(params, z, actions[:, t])
+    np.testing.assert_allclose(np.asarray(a["latent"][:, t]), np.asarray(z), atol=1e-5)
+  # The same world behind the env interface, run by the one rollout.
+  env = tabletop.make_env(config.env)
+  wm_env = wm_env_lib.WorldModelEnv(model, params, env)
+  seeds = np.array([int(val.seed[0])])
+  reset_keys, _ = rollout_lib.seed_keys(seeds)
+  start = jax.vmap(env.reset)(reset_keys)   # how the dataset's episode was reset
+  state = jax.vmap(wm_env.start)(start)
+  np.testing.assert_allclose(np.asarray(state.data["latent"]), np.asarray(z0), atol=1e-5)
+  replay = lambda obs, key, t: (actions[:, t[0]], t + 1, {})   # the episode's actions in order
+  rollout = rollout_lib.make_rollout(wm_env, replay)
+  _, traj = rollout(state, jnp.zeros((6, 2), jnp.uint32), jnp.zeros((1,), jnp.int32))
+  np.testing.assert_allclose(np.asarray(traj["reward"][:, 0]), np.asarray(a["reward"][0]),
+                             atol=1e-4)
+  np.testing.assert_array_equal(np.asarray(traj["success"][:, 0]), np.asarray(a["success"][0]))
+  np.testing.assert_array_equal(np.asarray(traj["obs"]["image/base"][1:, 0]),
+                                np.asarray(a["image/base"][0, :5]))
+
+
+def test_windows_are_episode_rows_and_success_comes_from_reward(job):
+  _, _, _, _, _, val = job
+  lengths = val.length
+  i = int(np.argmax(lengths))
+  batch = data_lib.window_batch(val, np.array([i]), np.array([2]), 4)
+  ep = val.episode(i)
+  np.testing.assert_array_equal(batch["image/base"][0], ep["image"][2:7])
+  np.testing.assert_array_equal(batch["actions"][0], ep["actions"][2:6])
+  np.testing.assert_array_equal(batch["success"][0], ep["success"][2:6])
+  for j in range(val.num_episodes):
+    e = val.episode(j)
+    first = np.flatnonzero(e["reward"] >= 1.0)
+    want = np.arange(len(e["reward"])) >= (first[0] if len(first) else len(e["reward"]))
+    np.testing.assert_array_equal(e["success"], want)
+  assert val.success.any() and not val.success.all()   # successes and failures both present
+  with pytest.raises(ValueError, match="leaves its episode"):
+    data_lib.window_batch(val, np.array([i]), np.array([int(lengths[i]) - 2]), 4)
+
+
+def test_bad_inputs_are_named(job, tmp_path):
+  config, workdir, _, _, loaded, val = job
+  model = loaded.model
+  batch = data_lib.window_batch(val, np.array([0]), np.array([0]), 4)
+  with pytest.raises(ValueError, match="actions.*dimension 3"):
+    model.check_batch({**batch, "actions": batch["actions"][..., :3]})
+  with pytest.raises(ValueError, match="image shape"):
+    model.check_batch({**batch, "image/base": np.zeros((1, 5, 16, 16, 3), np.uint8)})
+  other = ml_collections.ConfigDict(config.env)
+  other.image_size = 64
+  with pytest.raises(ValueError, match="image_size 32 != env image size 64"):
+    wm_env_lib.WorldModelEnv(model, loaded.params, tabletop.make_env(other))
+  expect = ml_collections.ConfigDict(config)
+  expect.world_model.latent_dim = 128
+  with pytest.raises(ValueError, match="another config.*latent_dim"):
+    wm_job.load_world_model(workdir, expect=expect)
+  with pytest.raises(FileNotFoundError, match="train_world_model.py"):
+    wm_job.load_world_model(str(tmp_path / "none"))
+  # A dataset recorded with the expert's clean labels (its metadata says so) is refused.
+  path = str(tmp_path / "clean")
+  shutil.copytree(val.source, path)   # the one source's version directory
+  meta_file = os.path.join(path, "metadata.json")
+  with open(meta_file) as f:
+    meta = json.load(f)
+  meta["collect_config"]["action_label"] = "clean"
+  with open(meta_file, "w") as f:
+    json.dump(meta, f)
+  data_lib.load_episodes(val.source, "validation")   # the original loads
+  with pytest.raises(ValueError, match="executed"):
+    data_lib.load_episodes(path, "train")
