@@ -6,6 +6,7 @@ would compile module fixtures again in every worker that runs one of the tests, 
 helpers of one test function.
 """
 
+import _env_contract
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -166,6 +167,7 @@ def test_env_api():
   fns = _fns(env)
   rollout3 = _rollout3(fns)
   _check_jit_vmap_shapes_and_dtypes(env, rollout3)
+  _env_contract.check_env_contract(env, fns["b_reset"], fns["b_step"])   # shared with the WM
   _check_determinism_for_a_fixed_rng(fns, rollout3)
   _check_batched_equals_single_env(fns, rollout3)
   _check_actions_outside_limits_are_clipped(fns, rollout3)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 
+import _env_contract
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -83,8 +84,23 @@ def test_training_learns_dynamics_better_than_no_change(job):
   assert loaded.step == STEPS
 
 
-def test_imagined_rollout_is_deterministic_and_equals_step_by_step_dynamics(job):
-  config, _, _, _, loaded, val = job
+@pytest.fixture(scope="module")
+def wm_fns(job):
+  """The trained world model behind the env interface, with its jitted batched reset (from
+  reset keys [4, 2]) and step."""
+  config, _, _, _, loaded, _ = job
+  wm_env = wm_env_lib.WorldModelEnv(loaded.model, loaded.params, tabletop.make_env(config.env))
+  return wm_env, jax.jit(jax.vmap(wm_env.reset)), jax.jit(jax.vmap(wm_env.step))
+
+
+def test_env_interface_contract_holds_for_the_world_model(wm_fns):
+  wm_env, b_reset, b_step = wm_fns
+  _env_contract.check_env_contract(wm_env, lambda rng: b_reset(jax.random.split(rng, 4)),
+                                   b_step)
+
+
+def test_imagined_rollout_is_deterministic_and_equals_step_by_step_dynamics(job, wm_fns):
+  _, _, _, _, loaded, val = job
   model, params = loaded.model, loaded.params
   ep = val.episode(0)
   obs = {"image/base": ep["image"][:1], "state": ep["state"][:1]}
@@ -99,15 +115,16 @@ def test_imagined_rollout_is_deterministic_and_equals_step_by_step_dynamics(job)
   for t in range(6):
     z = model.advance(params, z, actions[:, t])
     np.testing.assert_allclose(np.asarray(a["latent"][:, t]), np.asarray(z), atol=1e-5)
-  # The same world behind the env interface, run by the one rollout.
-  env = tabletop.make_env(config.env)
-  wm_env = wm_env_lib.WorldModelEnv(model, params, env)
-  seeds = np.array([int(val.seed[0])])
-  reset_keys, _ = rollout_lib.seed_keys(seeds)
-  start = jax.vmap(env.reset)(reset_keys)   # how the dataset's episode was reset
-  state = jax.vmap(wm_env.start)(start)
-  np.testing.assert_allclose(np.asarray(state.data["latent"]), np.asarray(z0), atol=1e-5)
-  replay = lambda obs, key, t: (actions[:, t[0]], t + 1, {})   # the episode's actions in order
+  # The same world behind the env interface, run by the one rollout: the episode's own reset
+  # (row 0 of a batch of 4) and its actions.
+  wm_env, b_reset, _ = wm_fns
+  keys = jnp.concatenate([rollout_lib.seed_keys(np.array([int(val.seed[0])]))[0],
+                          jax.random.split(jax.random.PRNGKey(0), 3)])
+  state = b_reset(keys)
+  np.testing.assert_allclose(np.asarray(state.data["latent"][:1]), np.asarray(z0), atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(state.obs["image/base"][0]), ep["image"][0])
+  actions4 = jnp.repeat(actions, 4, axis=0)
+  replay = lambda obs, key, t: (actions4[:, t[0]], t + 1, {})   # the episode's actions in order
   rollout = rollout_lib.make_rollout(wm_env, replay)
   _, traj = rollout(state, jnp.zeros((6, 2), jnp.uint32), jnp.zeros((1,), jnp.int32))
   np.testing.assert_allclose(np.asarray(traj["reward"][:, 0]), np.asarray(a["reward"][0]),
