@@ -13,7 +13,12 @@ Writes ``<workdir>/report_wm.md``: the data, the training curve, open-loop predi
 against horizon on validation episodes next to the no-change baseline, final-success agreement,
 and GIFs of imagined next to true MJX rollouts. ``vla_jax.world_model.env.WorldModelEnv`` runs a
 policy in the trained model through the usual rollout and evaluator.
-Expected: not measured yet (see docs/experiments/world_model.md).
+Expected (2026-12-07, 2-core CPU): 24 min in all (data 5, training 19: 3000 steps at about
+2.8 steps/s); open loop on the 72 validation episodes, end-effector error 0.9 / 1.7 / 4.8 cm at
+1 / 8 / 49 imagined steps (not moving: 4.2 / 16.1 / 17.9 cm), image MSE 0.0039 / 0.0054 /
+0.0059 (first frame repeated: 0.0046 / 0.0068 / 0.0060), final success imagined right in 95.8%
+of the episodes. The moving gripper is painted blurred, with a ghost at its start position.
+History: docs/experiments/world_model.md.
 """
 
 import ml_collections
