@@ -93,6 +93,9 @@ def run_sweep(loaded: main_job.LoadedPolicy, *, scorers: Sequence[str],
   unknown = [s for s in scorers if s not in SCORERS]
   if unknown or not scorers:
     raise ValueError(f"steering: unknown scorer(s) {unknown}; known: {', '.join(SCORERS)}")
+  if "world_model" in scorers and world_model is None:
+    raise ValueError("steering scorer 'world_model' needs a trained world model (steer.py "
+                     "--world_model=<workdir of experiments/train_world_model.py>)")
   config = ml_collections.ConfigDict(loaded.config)
   env = tabletop.make_env(config.collect.env)
   horizon = loaded.policy.action_horizon
