@@ -167,6 +167,18 @@ def latest_step(directory: str) -> int | None:
   return step
 
 
+def all_steps(directory: str) -> list[int]:
+  """Every complete checkpoint step in a workdir or checkpoints dir, ascending ([] if none)."""
+  if os.path.isdir(os.path.join(directory, "checkpoints")):
+    directory = os.path.join(directory, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  manager = _manager(directory)
+  steps = sorted(int(s) for s in manager.all_steps())
+  manager.close()
+  return steps
+
+
 def load_params(directory: str, step: int | None = None, abstract_params: Any = None) -> Any:
   """Loads the params-only item (latest step by default) from a workdir or checkpoints dir.
 
