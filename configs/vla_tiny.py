@@ -120,6 +120,9 @@ def get_config(arg=None):
   c.train.warmup_steps = 100
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
+  # Every checkpoint stays (6 x 3.4 MB): the world model trains on and evaluates the policy at
+  # several steps (configs/wm_tiny.py, experiments/evaluate_world_model.py).
+  c.train.keep_checkpoints = 6
   c.train.ema_decay = 0.999  # Evaluate (and save for inference) the EMA of the params.
 
   c.eval = ml_collections.ConfigDict({

@@ -6,8 +6,13 @@
 
 Args (``:key=value,...``): steps (training steps), batch (windows per step), window (K, control
 steps per training window), episodes (train episodes per noise scale), noise ("+"-separated
-expert action-noise scales, one dataset each; the large ones make the expert fail), lr,
-latent (latent size), data_dir (where the RLDS datasets are cached; "" = <workdir>/tfds).
+expert action-noise scales, one dataset each; the large ones make the expert fail), policies
+("+"-separated WORKDIR or WORKDIR@STEP of trained policies whose own rollouts, failures
+included, are a dataset each; "none" = experts only), lr, latent (latent size), data_dir (where
+the RLDS datasets are cached; "" = <workdir>/tfds).
+
+The default trains on the main job's policy at steps 2000 and 6000 too: run the main job first
+(``experiments/train.py --config=configs/vla_tiny.py --workdir=workdirs/vla_tiny``).
 
 Writes ``<workdir>/report_wm.md``: the data, the training curve, open-loop prediction error
 against horizon on validation episodes next to the no-change baseline, final-success agreement,
@@ -31,14 +36,16 @@ from vla_jax.world_model import model as model_lib
 
 def get_config(arg=None):
   a = config_args.parse_arg(arg, steps=3000, batch=32, window=8, episodes=400,
-                            noise="0.1+0.5+1.0", lr=1e-3, latent=256, data_dir="")
+                            noise="0.1+0.5+1.0",
+                            policies="workdirs/vla_tiny@2000+workdirs/vla_tiny@6000", lr=1e-3, latent=256, data_dir="")
   c = ml_collections.ConfigDict()
   c.env = tabletop.default_env_config()
   c.camera = "base"
   c.data = ml_collections.ConfigDict({
       "noise_scales": a.noise,
-      "train_episodes": a.episodes,      # per noise scale
-      "validation_episodes": 24,         # per noise scale
+      "policies": "" if a.policies == "none" else a.policies,
+      "train_episodes": a.episodes,      # per source (noise scale or policy)
+      "validation_episodes": 24,         # per source
       "batch_envs": 200,
       "steps_after_success": 10,
       "data_dir": a.data_dir,

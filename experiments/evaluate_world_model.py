@@ -52,8 +52,13 @@ def main(argv):
   out = _OUT.value or os.path.join(_WORLD_MODEL.value, "evaluator")
   command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
   path, stats = wm_eval_job.write_report(rows, out, world_model_workdir=_WORLD_MODEL.value,
-                                         world_model_step=world_model.step, command=command)
+                                         world_model_step=world_model.step,
+                                         seen=wm_eval_job.seen_in_training(world_model.config),
+                                         command=command)
   print(wm_eval_job.summary_line(stats), flush=True)
+  if stats["held_out"] is not None:
+    print(wm_eval_job.summary_line(stats["held_out"]) + " (policies the world model did not "
+          "train on)", flush=True)
   print(f"Done in {(time.time() - t0) / 60:.1f} min; report: {path}", flush=True)
 
 

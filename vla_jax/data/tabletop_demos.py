@@ -35,10 +35,14 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   RELEASE_NOTES: ClassVar[dict[str, str]] = {
       "1.0.0": "Scripted-expert demos of reach, push, pick_place and lift."}
 
-  def __init__(self, *, collect_config=None, env=None, expert_fn=None, **kwargs):
+  def __init__(self, *, collect_config=None, env=None, expert_fn=None, rollout_fn=None,
+               **kwargs):
     """``collect_config``: :func:`vla_jax.data.collect.default_collect_config`-like (default:
     that). ``env``/``expert_fn`` default to the MJX task suite and its scripted experts (tests
-    pass small stand-ins with the same contract)."""
+    pass small stand-ins with the same contract). ``rollout_fn``: another source of episodes
+    with :func:`vla_jax.data.collect.make_rollout_fn`'s contract (``seeds int [N] -> traj``,
+    the recorded action in ``traj["extras"]["label"]``), e.g. a trained policy's rollouts
+    (``vla_jax.jobs.wm_job.policy_rollout_fn``); default the expert's."""
     self._collect = collect_config or collect.default_collect_config()
     if env is None:
       from vla_jax.envs import tabletop  # pylint: disable=g-import-not-at-top
@@ -46,7 +50,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if expert_fn is None:
       from vla_jax.envs import experts  # pylint: disable=g-import-not-at-top
       expert_fn = experts.expert_action
-    self._env, self._expert_fn = env, expert_fn
+    self._env, self._expert_fn, self._source_rollout_fn = env, expert_fn, rollout_fn
     self._stats: dict = {}
     super().__init__(**kwargs)
 
@@ -65,10 +69,9 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download: episodes are simulated.
-    self._rollout_fn = collect.make_rollout_fn(self._env, self._expert_fn,
-                                               self._collect.noise_scale,
-                                               self._collect.action_label,
-                                               self._collect.get("task_weights"))
+    self._rollout_fn = self._source_rollout_fn or collect.make_rollout_fn(
+        self._env, self._expert_fn, self._collect.noise_scale, self._collect.action_label,
+        self._collect.get("task_weights"))
     return {split: self._generate_examples(split) for split in ("train", "validation")}
 
   def _generate_examples(self, split: str):
@@ -77,7 +80,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 def build_demo_dataset(collect_config, data_dir: str, *, overwrite: bool = False, env=None,
-                       expert_fn=None) -> str:
+                       expert_fn=None, rollout_fn=None) -> str:
   """Builds ``tabletop_demos`` into ``data_dir`` (if absent) and returns its version directory.
 
   Args:
@@ -85,6 +88,8 @@ def build_demo_dataset(collect_config, data_dir: str, *, overwrite: bool = False
     data_dir: TFDS data dir; the dataset lands in ``data_dir/tabletop_demos/<version>``.
     overwrite: rebuild even if a finished dataset is there.
     env, expert_fn: stand-ins for the MJX suite and its experts (default: the real ones).
+    rollout_fn: another episode source than the expert (see :class:`Builder`); the collect
+      config must then name it (the cache is matched on the config).
 
   Returns:
     The version directory, e.g. ``data_dir/tabletop_demos/1.0.0`` (pass it as
@@ -96,7 +101,7 @@ def build_demo_dataset(collect_config, data_dir: str, *, overwrite: bool = False
   """
   def make():
     return Builder(data_dir=data_dir, collect_config=collect_config, env=env,
-                   expert_fn=expert_fn)
+                   expert_fn=expert_fn, rollout_fn=rollout_fn)
 
   builder = make()
   path = os.fspath(builder.data_path)

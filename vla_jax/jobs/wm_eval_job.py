@@ -203,12 +203,28 @@ def _fmt(stats: dict[str, Any], name: str, scale: float = 1.0, unit: str = "") -
   return (f"{scale * stats[name]:.2f}{unit} [{scale * low:.2f}, {scale * high:.2f}]")
 
 
+def seen_in_training(world_model_config: Any) -> set[tuple[str, int]]:
+  """``(absolute workdir, step)`` of the policies whose rollouts the world model trained on
+  (its ``data.policies``; an entry without a step is that run's latest checkpoint)."""
+  from vla_jax.jobs import wm_job  # pylint: disable=g-import-not-at-top
+  seen = set()
+  for workdir, step in wm_job.policy_sources(world_model_config.data.get("policies", "")):
+    step = checkpoints.latest_step(workdir) if step is None else step
+    seen.add((os.path.abspath(workdir), step))
+  return seen
+
+
 def write_report(rows: Sequence[PolicyRow], out_dir: str, *, world_model_workdir: str,
-                 world_model_step: int, command: str = "") -> tuple[str, dict[str, Any]]:
+                 world_model_step: int, seen: set[tuple[str, int]] = frozenset(),
+                 command: str = "") -> tuple[str, dict[str, Any]]:
   """Writes ``report_wm_eval.md``, ``wm_eval_scatter.png`` and GIFs under ``out_dir``; returns
-  (the .md path, :func:`agreement_stats`)."""
+  (the .md path, :func:`agreement_stats`, with ``"held_out"``: the same statistics over the
+  policies not in ``seen`` (:func:`seen_in_training`) when at least 3 are, else None)."""
   os.makedirs(out_dir, exist_ok=True)
   stats = agreement_stats(rows)
+  is_seen = [(os.path.abspath(r.spec.workdir), r.spec.step) in seen for r in rows]
+  held_out = [r for r, s in zip(rows, is_seen) if not s]
+  stats["held_out"] = agreement_stats(held_out) if 3 <= len(held_out) < len(rows) else None
   scatter = plot_scatter(rows, stats, os.path.join(out_dir, "wm_eval_scatter.png"))
   block = rows[0].real.block
   tasks = list(rows[0].real.per_task)
@@ -219,10 +235,10 @@ def write_report(rows: Sequence[PolicyRow], out_dir: str, *, world_model_workdir
            "the rest). Success per policy with 95% Wilson intervals:", "",
            "| policy | MJX | imagined | " + " | ".join(f"{t} MJX / imagined" for t in tasks)
            + " | s |", "|---" * (4 + len(tasks)) + "|"]
-  for r in rows:
+  for r, was_seen in zip(rows, is_seen):
     cells = [f"{r.real.per_task[t][0]} / {r.imagined.per_task[t][0]} of {r.real.per_task[t][1]}"
              for t in tasks]
-    lines.append(f"| {r.spec.name} | {intervals.format_rate(*r.real.totals)} | "
+    lines.append(f"| {r.spec.name}{' (seen)' if was_seen else ''} | {intervals.format_rate(*r.real.totals)} | "
                  f"{intervals.format_rate(*r.imagined.totals)} | " + " | ".join(cells)
                  + f" | {r.seconds:.0f} |")
   lines += ["", "## Agreement", "",
@@ -236,7 +252,13 @@ def write_report(rows: Sequence[PolicyRow], out_dir: str, *, world_model_workdir
             f"{stats['task_pearson']:.2f}, Spearman {stats['task_spearman']:.2f}, MMRV "
             f"{100 * stats['task_mmrv']:.2f} pts",
             f"- Episodes whose imagined outcome equals the true one: "
-            f"{stats['episode_agreement']:.1%}", "", f"![scatter]({os.path.basename(scatter)})", ""]
+            f"{stats['episode_agreement']:.1%}"]
+  if stats["held_out"] is not None:
+    h = stats["held_out"]
+    lines.append(f"- Over the {h['policies']} policies whose rollouts the world model did not "
+                 f"train on (the others are marked 'seen'): Pearson r {_fmt(h, 'pearson')}, "
+                 f"Spearman {_fmt(h, 'spearman')}, MMRV {_fmt(h, 'mmrv', 100, ' pts')}")
+  lines += ["", f"![scatter]({os.path.basename(scatter)})", ""]
   last = rows[-1]
   gifs = []
   for task, true in last.real.videos.items():

@@ -3,7 +3,10 @@
 1. **Data** (:func:`collect_datasets`): one ``tabletop_demos`` RLDS dataset per expert noise
    scale in ``config.data.noise_scales``, recorded with the *executed* actions and keeping
    failures (a high noise scale makes the expert fail often: the model must see failures to
-   predict them). Datasets are cached under ``<data_dir>/expert_noise<scale>``.
+   predict them), and one per trained policy in ``config.data.policies`` (its own closed-loop
+   rollouts through the one rollout, failures included: what a policy does is what the model
+   must imagine when it evaluates or steers one). Datasets are cached under
+   ``<data_dir>/expert_noise<scale>`` and ``<data_dir>/policy_<run>_<step>``.
 2. **Training** through the one train loop (checkpoints, resume, SIGTERM, TensorBoard) on windows
    of ``world_model.window`` control steps (:mod:`vla_jax.world_model.data`).
 3. **Report** (:func:`evaluate_open_loop`): on the validation episodes, the imagined rollout of the
@@ -67,15 +70,75 @@ def collect_config_for(config: ml_collections.ConfigDict, index: int, noise: flo
   return cc
 
 
+def policy_sources(text: str) -> list[tuple[str, int | None]]:
+  """``(workdir, step or None = latest)`` of each ``data.policies`` entry ("" = none;
+  "workdirs/vla_tiny@2000+workdirs/vla_tiny")."""
+  out = []
+  for entry in tabletop.split_list(text or ""):
+    workdir, _, step = entry.partition("@")
+    try:
+      out.append((workdir, int(step) if step else None))
+    except ValueError as e:
+      raise ValueError(f"world-model config 'data.policies': '{entry}' must be WORKDIR or "
+                       "WORKDIR@STEP") from e
+  return out
+
+
+def policy_rollout_fn(loaded: Any, env: tabletop.TabletopEnv, batch_envs: int) -> Callable:
+  """``seeds int [batch_envs] -> traj``: a trained policy (a ``main_job.LoadedPolicy``) in
+  ``env`` through the evaluator's adapter and the one rollout, its executed actions recorded as
+  the labels (``collect.make_rollout_fn``'s contract). A chunk that does not decode is a NaN
+  action: the env flags the error and the episode is dropped, as a failed expert's would be."""
+  from vla_jax.envs import rollout as rollout_lib  # pylint: disable=g-import-not-at-top
+  from vla_jax.jobs import main_job  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(loaded.config)
+  adapter = main_job.make_evaluator(config, loaded.policy, loaded.norm_stats,
+                                    loaded.text_tokenizer, env=env).adapter
+
+  def labelled(obs, key, carry, params):
+    action, carry, _ = adapter(obs, key, carry, params)
+    return action, carry, {"label": action}
+
+  run = rollout_lib.make_seeded_rollout(env, rollout_lib.make_rollout(env, labelled),
+                                        per_env_keys=False)
+  carry0 = adapter.initial_carry(batch_envs)
+  return lambda seeds: run(jnp.asarray(seeds, jnp.int32), None, carry0, loaded.params)[1]
+
+
 def collect_datasets(config: ml_collections.ConfigDict, data_dir: str) -> list[str]:
-  """Builds (or finds cached) one dataset per noise scale; returns their version directories."""
+  """Builds (or finds cached) one dataset per noise scale and per policy; returns their version
+  directories."""
   if config.data.train_episodes >= SOURCE_SEED_STRIDE:
     raise ValueError(f"world-model config 'data.train_episodes' must be < {SOURCE_SEED_STRIDE}")
+  scales = noise_scales(config.data.noise_scales)
   paths = []
-  for i, noise in enumerate(noise_scales(config.data.noise_scales)):
+  for i, noise in enumerate(scales):
     paths.append(tabletop_demos.build_demo_dataset(
         collect_config_for(config, i, noise), os.path.join(data_dir, f"expert_noise{noise:g}")))
+  for j, (workdir, step) in enumerate(policy_sources(config.data.get("policies", ""))):
+    paths.append(_collect_policy(config, len(scales) + j, workdir, step, data_dir))
   return paths
+
+
+def _collect_policy(config, index: int, workdir: str, step: int | None, data_dir: str) -> str:
+  from vla_jax.jobs import main_job  # pylint: disable=g-import-not-at-top
+  if checkpoints.latest_step(workdir) is None:
+    raise FileNotFoundError(
+        f"world-model config 'data.policies': no policy checkpoint in {workdir}; train one with: "
+        f"python experiments/train.py --config=configs/vla_tiny.py --workdir={workdir}")
+  loaded = main_job.load_checkpoint_policy(workdir, step)
+  policy_env = ml_collections.ConfigDict(loaded.config).collect.env
+  diffs = checkpoints.config_mismatches(policy_env.to_dict(), config.env.to_dict())
+  if diffs:
+    raise ValueError(f"world-model config 'data.policies': {workdir} acts in another env than "
+                     f"config.env: " + "; ".join(diffs))
+  cc = collect_config_for(config, index, 0.0)
+  cc.policy = f"{os.path.normpath(workdir)}@{loaded.step}"  # names the source in the cache check
+  env = tabletop.make_env(config.env)
+  run = os.path.basename(os.path.normpath(workdir))
+  return tabletop_demos.build_demo_dataset(
+      cc, os.path.join(data_dir, f"policy_{run}_{loaded.step}"),
+      rollout_fn=policy_rollout_fn(loaded, env, cc.batch_envs))
 
 
 def make_model(config: ml_collections.ConfigDict) -> WorldModel:
