@@ -51,7 +51,25 @@ class DPOModel(rl_job.PolicyFromCheckpoint):
 
   def loss(self, params, batch, rng):
     del rng  # the (noise, time) draws are the pair's own, fixed with its reference losses
-    return preferences.dpo_loss(self.policy, params, batch, self.beta)
+    return preferences.dpo_loss(self.policy, params, unflatten(batch), self.beta)
+
+
+OBS_PREFIX = "observation/"
+
+
+def flatten(pairs: dict[str, Any]) -> dict[str, np.ndarray]:
+  """Pairs as the train loop's flat batch: the observation's keys under ``observation/``."""
+  flat = {k: v for k, v in pairs.items() if k != "observation"}
+  flat.update({OBS_PREFIX + k: v for k, v in pairs["observation"].items()})
+  return flat
+
+
+def unflatten(batch: dict[str, Any]) -> dict[str, Any]:
+  """Inverse of :func:`flatten`."""
+  out = {k: v for k, v in batch.items() if not k.startswith(OBS_PREFIX)}
+  out["observation"] = {k[len(OBS_PREFIX):]: v for k, v in batch.items()
+                        if k.startswith(OBS_PREFIX)}
+  return out
 
 
 def collect_pairs(loaded: Any, world_model: Any, env: tabletop.TabletopEnv, evaluator: Any,
@@ -88,23 +106,23 @@ def collect_pairs(loaded: Any, world_model: Any, env: tabletop.TabletopEnv, eval
 def add_draws_and_reference(policy: Any, params: Any, pairs: dict[str, Any], num_draws: int,
                             seed: int, batch: int = 256) -> dict[str, np.ndarray]:
   """Each pair's fixed (noise [P, M, H, D], t [P, M]) draws and the reference's flow losses at
-  them (``ref_chosen`` / ``ref_rejected`` [P])."""
+  them (``ref_chosen`` / ``ref_rejected`` [P]); returns :func:`flatten`'s flat batch rows."""
   p = len(pairs["gap"])
   shape = pairs["chosen"].shape[1:]
   rng = np.random.default_rng(seed)
   out = {k: pairs[k] for k in ("observation", "chosen", "rejected")}
   out["noise"] = rng.standard_normal((p, num_draws) + shape).astype(np.float32)
   out["t"] = rng.uniform(0.001, 1.0, (p, num_draws)).astype(np.float32)
-  ref = jax.jit(lambda b: preferences.reference_losses(policy, params, b))
+  ref = jax.jit(lambda q, b: preferences.reference_losses(policy, q, b))
   chosen, rejected = [], []
   for lo in range(0, p, batch):
     idx = np.minimum(np.arange(lo, lo + batch), p - 1)   # one static shape
-    part = jax.device_get(ref(jax.tree.map(lambda x: x[idx], out)))
+    part = jax.device_get(ref(params, jax.tree.map(lambda x: x[idx], out)))
     n = min(batch, p - lo)
     chosen.append(part["ref_chosen"][:n])
     rejected.append(part["ref_rejected"][:n])
   out["ref_chosen"], out["ref_rejected"] = np.concatenate(chosen), np.concatenate(rejected)
-  return out
+  return flatten(out)
 
 
 def pair_iterator(pairs: dict[str, Any], seed: int) -> Callable[..., Iterator[dict]]:
@@ -186,7 +204,7 @@ def run_dpo_job(config: ml_collections.ConfigDict, workdir: str, *, command: str
   run_config.train = config.train
   run_config.init_workdir = config.init_workdir
   run_config.world_model_workdir = config.world_model_workdir
-  example_obs = jax.tree.map(lambda x: np.asarray(x[:1]), data["observation"])
+  example_obs = jax.tree.map(lambda x: np.asarray(x[:1]), unflatten(data)["observation"])
   model = DPOModel(policy, example_obs, loaded.params,
                    f"checkpoint {config.init_workdir} step {loaded.step}", dpo.beta)
   assets = assets_lib.Assets(norm_stats={main_job.DATASET: loaded.norm_stats},
