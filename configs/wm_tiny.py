@@ -30,6 +30,7 @@ import ml_collections
 
 from vla_jax import config_args
 from vla_jax.envs import tabletop
+from vla_jax.jobs import wm_job
 from vla_jax.training import config as train_config_lib
 from vla_jax.world_model import model as model_lib
 
@@ -37,19 +38,11 @@ from vla_jax.world_model import model as model_lib
 def get_config(arg=None):
   a = config_args.parse_arg(arg, steps=3000, batch=32, window=8, episodes=400,
                             noise="0.1+0.5+1.0",
-                            policies="workdirs/vla_tiny@2000+workdirs/vla_tiny@6000", lr=1e-3, latent=256, data_dir="")
+                            policies=wm_job.DEFAULT_POLICIES, lr=1e-3, latent=256, data_dir="")
   c = ml_collections.ConfigDict()
   c.env = tabletop.default_env_config()
   c.camera = "base"
-  c.data = ml_collections.ConfigDict({
-      "noise_scales": a.noise,
-      "policies": "" if a.policies == "none" else a.policies,
-      "train_episodes": a.episodes,      # per source (noise scale or policy)
-      "validation_episodes": 24,         # per source
-      "batch_envs": 200,
-      "steps_after_success": 10,
-      "data_dir": a.data_dir,
-  })
+  c.data = wm_job.default_data_config(a.noise, a.policies, a.episodes, a.data_dir)
   c.world_model = model_lib.default_model_config()
   c.world_model.window = a.window
   c.world_model.latent_dim = a.latent

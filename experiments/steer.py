@@ -5,7 +5,8 @@
 At every decision the policy samples N action chunks, a scorer rates them and the best is
 executed (``vla_jax/world_model/steering.py``); N = 1 is the policy alone. Scorers: ``oracle``
 (the MJX oracle, privileged: each candidate simulated in a copy of the true state) and
-``world_model`` (imagined in a trained world model, ``--world_model=workdirs/wm_tiny``). Writes
+``world_model`` (imagined in a trained world model, ``--world_model=workdirs/wm_tiny``) and
+``value`` (a chunk value over the policy's features, ``--value=workdirs/value_tiny``). Writes
 ``<workdir>/steering/report_steering.md`` (success per task with 95% intervals for every N, ms
 per decision) and ``steering.png``. Tune on ``--block=dev``; ``test`` is for the reported figure.
 
@@ -39,6 +40,9 @@ _OPTIONS = flags.DEFINE_multi_string(
 _WORLD_MODEL = flags.DEFINE_string(
     "world_model", None, "Workdir of a trained world model (experiments/train_world_model.py), "
     "for the world_model scorer.")
+_VALUE = flags.DEFINE_string(
+    "value", None, "Workdir of a trained chunk value (experiments/train_value.py) of this "
+    "checkpoint, for the value scorer.")
 _OUT = flags.DEFINE_string("out", None, "Report directory (default <workdir>/steering).")
 flags.mark_flags_as_required(["workdir"])
 
@@ -65,10 +69,17 @@ def main(argv):
       raise app.UsageError("--scorers=world_model needs --world_model=<world-model workdir>")
     from vla_jax.jobs import wm_job  # pylint: disable=g-import-not-at-top
     world_model = wm_job.load_world_model(_WORLD_MODEL.value)
+  value = None
+  if "value" in _SCORERS.value:
+    if not _VALUE.value:
+      raise app.UsageError("--scorers=value needs --value=<chunk-value workdir>")
+    from vla_jax.jobs import value_job  # pylint: disable=g-import-not-at-top
+    value = value_job.load_value(_VALUE.value)
   rows = steer_job.run_sweep(loaded, scorers=_SCORERS.value, num_candidates=counts,
                              block=_BLOCK.value, episodes_per_task=_EPISODES.value,
                              lookahead=lookahead, sample_options=options,
-                             world_model=world_model)
+                             world_model=world_model, value=value,
+                             policy_workdir=_WORKDIR.value)
   out = _OUT.value or os.path.join(_WORKDIR.value, "steering")
   path = steer_job.write_report(rows, out, workdir=_WORKDIR.value, step=loaded.step,
                                 lookahead=lookahead, command=" ".join(sys.argv),

@@ -249,7 +249,8 @@ def test_steering_sweep_of_the_checkpoint_writes_its_report(run, tmp_path):
   h = loaded.policy.action_horizon
   for kwargs, match in (({"lookahead": h + 1}, f"lookahead={h + 1} must be in \\[1, H={h}\\]"),
                         ({"num_candidates": [0]}, r"num_candidates \[0\] must be"),
-                        ({"scorers": ["value"]}, r"unknown scorer\(s\) \['value'\]"),
+                        ({"scorers": ["magic"]}, r"unknown scorer\(s\) \['magic'\]"),
+                        ({"scorers": ["value"]}, "'value' needs a trained chunk value"),
                         ({"scorers": ["world_model"]}, "'world_model' needs a trained world")):
     args = {"scorers": ["oracle"], "num_candidates": [1], "block": "dev",
             "episodes_per_task": 1, **kwargs}

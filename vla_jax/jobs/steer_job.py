@@ -11,7 +11,9 @@ Scorers: ``oracle`` (the MJX oracle: each candidate simulated in a copy of the t
 ``lookahead`` control steps, scored by the env's return; privileged, an upper bound for learned
 scorers) and ``world_model`` (each candidate imagined for ``lookahead`` steps in a trained world
 model from the current observation, scored by the imagined return; ``world_model=`` a
-:class:`vla_jax.jobs.wm_job.LoadedWorldModel`).
+:class:`vla_jax.jobs.wm_job.LoadedWorldModel`) and ``value`` (a chunk value learned over the
+policy's backbone features, V-GPS style; ``value=`` a :class:`vla_jax.jobs.value_job.LoadedValue`
+trained on this checkpoint's features).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from vla_jax.eval import closed_loop, intervals
 from vla_jax.jobs import main_job
 from vla_jax.world_model import steering
 
-SCORERS = ("oracle", "world_model")
+SCORERS = ("oracle", "world_model", "value")
 
 
 @dataclasses.dataclass
@@ -52,6 +54,9 @@ def make_scorer(name: str, env: tabletop.TabletopEnv, lookahead: int,
   ``wm_job.LoadedWorldModel``) is required by ``world_model``."""
   if name == "oracle":
     return steering.MJXOracle(env, lookahead)
+  if name == "value":
+    raise ValueError("steering scorer 'value' reads the policy's features: run_sweep builds it "
+                     "with the policy's adapter (value_job.make_scorer)")
   if name == "world_model":
     if world_model is None:
       raise ValueError("steering scorer 'world_model' needs a trained world model (steer.py "
@@ -79,13 +84,16 @@ def decision_ms(evaluator: closed_loop.Evaluator, policy_fn: steering.BestOfN, p
 def run_sweep(loaded: main_job.LoadedPolicy, *, scorers: Sequence[str],
               num_candidates: Sequence[int], block: str, episodes_per_task: int,
               lookahead: int | None = None, sample_options: dict | None = None,
-              world_model: Any = None, print_fn: Callable = print) -> list[SweepRow]:
+              world_model: Any = None, value: Any = None, policy_workdir: str = "",
+              print_fn: Callable = print) -> list[SweepRow]:
   """Evaluates ``loaded``'s policy with every scorer and N; returns the rows in that order.
 
   ``lookahead``: control steps the oracle simulates per candidate (default the chunk length H).
   N = 1 is evaluated once (plain evaluation: no scorer is used). ``sample_options``: static head
   sampling options for every row (e.g. ``{"noise_temperature": 1.5}``). ``world_model``: the
-  ``wm_job.LoadedWorldModel`` of the ``world_model`` scorer.
+  ``wm_job.LoadedWorldModel`` of the ``world_model`` scorer. ``value``: the
+  ``value_job.LoadedValue`` of the ``value`` scorer, trained on the features of ``loaded``
+  (``policy_workdir``: where ``loaded`` came from, checked against the value's).
   """
   bad = [n for n in num_candidates if n < 1]
   if bad or not num_candidates:
@@ -96,6 +104,9 @@ def run_sweep(loaded: main_job.LoadedPolicy, *, scorers: Sequence[str],
   if "world_model" in scorers and world_model is None:
     raise ValueError("steering scorer 'world_model' needs a trained world model (steer.py "
                      "--world_model=<workdir of experiments/train_world_model.py>)")
+  if "value" in scorers and value is None:
+    raise ValueError("steering scorer 'value' needs a trained chunk value (steer.py "
+                     "--value=<workdir of experiments/train_value.py>)")
   config = ml_collections.ConfigDict(loaded.config)
   env = tabletop.make_env(config.collect.env)
   horizon = loaded.policy.action_horizon
@@ -108,8 +119,15 @@ def run_sweep(loaded: main_job.LoadedPolicy, *, scorers: Sequence[str],
   if 1 in num_candidates:
     plan.insert(0, ("none", 1))
   for name, n in plan:
-    scorer = make_scorer(name, env, lookahead, world_model) if n > 1 else None
-    make = functools.partial(steering.BestOfN, scorer=scorer, num_candidates=n)
+    if name == "value":
+      from vla_jax.jobs import value_job  # pylint: disable=g-import-not-at-top
+
+      def make(adapter, n=n):
+        return steering.BestOfN(adapter, num_candidates=n, scorer=value_job.make_scorer(
+            value, loaded, adapter, policy_workdir))
+    else:
+      scorer = make_scorer(name, env, lookahead, world_model) if n > 1 else None
+      make = functools.partial(steering.BestOfN, scorer=scorer, num_candidates=n)
     evaluator = main_job.make_evaluator(config, loaded.policy, loaded.norm_stats,
                                         loaded.text_tokenizer, env=env, steering=make,
                                         sample_options=sample_options)

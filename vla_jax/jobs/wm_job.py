@@ -41,6 +41,25 @@ from vla_jax.world_model.model import WorldModel
 SOURCE_SEED_STRIDE = 1_000_000  # each noise scale's episodes start this many demo seeds later
 
 
+DEFAULT_POLICIES = "workdirs/vla_tiny@2000+workdirs/vla_tiny@6000"
+
+
+def default_data_config(noise: str = "0.1+0.5+1.0", policies: str = DEFAULT_POLICIES,
+                        episodes: int = 400, data_dir: str = "") -> ml_collections.ConfigDict:
+  """The ``data`` section of the world-model datasets (configs/wm_tiny.py, and the chunk value
+  of configs/value_tiny.py, which shares them): ``noise`` and ``policies`` "+"-separated
+  (``policies="none"``: experts only); ``data_dir`` "" = ``<workdir>/tfds``."""
+  return ml_collections.ConfigDict({
+      "noise_scales": noise,
+      "policies": "" if policies == "none" else policies,
+      "train_episodes": episodes,      # per source (noise scale or policy)
+      "validation_episodes": 24,       # per source
+      "batch_envs": 200,
+      "steps_after_success": 10,
+      "data_dir": data_dir,
+  })
+
+
 def noise_scales(text: str) -> list[float]:
   """The noise scales of ``data.noise_scales`` ("0.1,0.6" or "0.1+0.6")."""
   try:
