@@ -136,8 +136,8 @@ def run_value_job(config: ml_collections.ConfigDict, workdir: str, *, command: s
 
     return gen()
 
-  run_config = ml_collections.ConfigDict(config)
-  run_config.policy_step = loaded.step
+  run_config = ml_collections.ConfigDict(config.to_dict())  # unlocked: it gains a key
+  run_config.policy_step = loaded.step   # the features' checkpoint, checked when steering
   model = value_lib.ValueModel(config.value.hidden)
   result = trainer.train(run_config, workdir, model=model, make_data_iterator=make_data_iterator,
                          assets=assets_lib.Assets(config=run_config), print_fn=print_fn)
