@@ -18,11 +18,12 @@ Writes ``<workdir>/report_wm.md``: the data, the training curve, open-loop predi
 against horizon on validation episodes next to the no-change baseline, final-success agreement,
 and GIFs of imagined next to true MJX rollouts. ``vla_jax.world_model.env.WorldModelEnv`` runs a
 policy in the trained model through the usual rollout and evaluator.
-Expected (2026-12-07, 2-core CPU): 24 min in all (data 5, training 19: 3000 steps at about
-2.8 steps/s); open loop on the 72 validation episodes, end-effector error 0.9 / 1.7 / 4.8 cm at
-1 / 8 / 49 imagined steps (not moving: 4.2 / 16.1 / 17.9 cm), image MSE 0.0039 / 0.0054 /
-0.0059 (first frame repeated: 0.0046 / 0.0068 / 0.0060), final success imagined right in 95.8%
-of the episodes. The moving gripper is painted blurred, with a ghost at its start position.
+Expected (2026-12-08, run P, 2-core CPU shared with tests): 30.5 min in all (expert data cached;
+the policy's 2 x 424 episodes 6 min; training 3000 steps at 1.7-2.8 steps/s; idle, run B's
+training took 19 min); open loop on 120 validation episodes, end-effector error 1.1 / 1.7 / 5.0
+cm at 1 / 8 / 49 imagined steps (not moving: 4.3 / 17.0 / 19.1 cm), final success imagined right
+in 93.3%. The moving gripper is painted blurred, with a ghost at its start position. As a
+closed-loop evaluator of 12 policies it fails: Pearson r -0.56 (experiments/evaluate_world_model.py).
 History: docs/experiments/world_model.md.
 """
 
