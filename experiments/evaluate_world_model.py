@@ -35,6 +35,9 @@ _BLOCK = flags.DEFINE_enum("block", "dev", ["dev", "test"],
                            "Seed block (vla_jax/eval/seeds.py): dev for every tuning choice, "
                            "test only for the figure a report states.")
 _EPISODES = flags.DEFINE_integer("episodes", 50, "Episodes per task, per policy and env.")
+_SUCCESS_STEPS = flags.DEFINE_integer(
+    "success_steps", 1, "Consecutive imagined steps with success probability > 0.5 before an "
+    "imagined episode counts as successful (WorldModelEnv).")
 _OUT = flags.DEFINE_string("out", None, "Report directory (default <world_model>/evaluator).")
 
 
@@ -53,7 +56,8 @@ def main(argv):
         f"policies x {_EPISODES.value} episodes per task on the '{_BLOCK.value}' block",
         flush=True)
   rows = wm_eval_job.run_evaluation(world_model, specs, block=_BLOCK.value,
-                                    episodes_per_task=_EPISODES.value)
+                                    episodes_per_task=_EPISODES.value,
+                                    success_steps=_SUCCESS_STEPS.value)
   out = _OUT.value or os.path.join(_WORLD_MODEL.value, "evaluator")
   command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
   path, stats = wm_eval_job.write_report(rows, out, world_model_workdir=_WORLD_MODEL.value,

@@ -96,9 +96,10 @@ class PolicyRow:
 
 
 def run_evaluation(world_model: Any, specs: Sequence[PolicySpec], *, block: str,
-                   episodes_per_task: int, video_episodes: int = 1,
+                   episodes_per_task: int, video_episodes: int = 1, success_steps: int = 1,
                    print_fn: Callable = print) -> list[PolicyRow]:
-  """Evaluates every policy in MJX and in ``world_model`` (a ``wm_job.LoadedWorldModel``).
+  """Evaluates every policy in MJX and in ``world_model`` (a ``wm_job.LoadedWorldModel``;
+  ``success_steps``: see :class:`~vla_jax.world_model.env.WorldModelEnv`).
 
   Evaluators are compiled once per (run, replan_every) and env, and reused across checkpoint
   steps. The last policy keeps ``video_episodes`` rollouts per task in both envs.
@@ -113,7 +114,8 @@ def run_evaluation(world_model: Any, specs: Sequence[PolicySpec], *, block: str,
       config = ml_collections.ConfigDict(loaded.config)
       config.eval.replan_every = spec.replan_every
       env = tabletop.make_env(config.collect.env)
-      imagined_env = wm_env_lib.WorldModelEnv(world_model.model, world_model.params, env)
+      imagined_env = wm_env_lib.WorldModelEnv(world_model.model, world_model.params, env,
+                                              success_steps=success_steps)
       evaluators[key] = tuple(
           main_job.make_evaluator(config, loaded.policy, loaded.norm_stats,
                                   loaded.text_tokenizer, env=e) for e in (env, imagined_env))

@@ -9,7 +9,8 @@ in the world model unchanged.
 Start states are real: a reset samples the scene in the MJX env (the same seed gives the same
 scene as the simulator's evaluation) and encodes its first observation. From there on every
 observation, reward and success flag is the model's: ``State.data`` is ``{"latent": f32 [Z],
-"context": uint8 [H, W, 3]}`` (the start frame the images are painted over) and ``State.obs``
+"context": uint8 [H, W, 3], "streak": int32 []}`` (the start frame the images are painted over;
+consecutive steps imagined successful) and ``State.obs``
 the decoded image and proprio state. Success is latched; ``done`` comes at the
 horizon or on a non-finite action (``info["error"]``), as in the env.
 """
@@ -32,9 +33,15 @@ class WorldModelEnv:
     model: the :class:`WorldModel`. params: its trained params (closed over: one compilation
       per params).
     env: the MJX env it models (resets, task and instruction tables, horizon).
+    success_steps: consecutive imagined steps with success probability > 0.5 before success
+      latches (1: the first such step, as the env latches its exact predicate; more filters
+      out single-step spikes of the imagined success over long closed-loop rollouts).
   """
 
-  def __init__(self, model: WorldModel, params: Any, env: TabletopEnv):
+  def __init__(self, model: WorldModel, params: Any, env: TabletopEnv, success_steps: int = 1):
+    if success_steps < 1:
+      raise ValueError(f"WorldModelEnv: success_steps={success_steps} must be >= 1")
+    self.success_steps = int(success_steps)
     if model.image_key not in {f"image/{c}" for c in env.camera_names}:
       raise ValueError(f"WorldModelEnv: the model reads '{model.image_key}', which the env does "
                        f"not render (env cameras: {env.camera_names})")
@@ -55,7 +62,7 @@ class WorldModelEnv:
     obs = {self.model.image_key: state.obs[self.model.image_key], "state": state.obs["state"]}
     z = self.model.encode(self.params, jax.tree.map(lambda x: x[None], obs))[0]
     info = {k: state.info[k] for k in ("task_id", "instruction_id", "step", "error")}
-    data = {"latent": z, "context": obs[self.model.image_key]}
+    data = {"latent": z, "context": obs[self.model.image_key], "streak": jnp.int32(0)}
     return State(data=data, obs=obs, reward=jnp.float32(0.0), done=state.done,
                  success=state.success, info=info)
 
@@ -78,7 +85,8 @@ class WorldModelEnv:
     info["error"] = state.info["error"] | bad
     # A bad action freezes the imagined world, as it freezes the physics.
     z = jnp.where(bad, state.data["latent"], z[0])
-    success = state.success | ((prob[0] > 0.5) & ~bad)
+    streak = jnp.where((prob[0] > 0.5) & ~bad, state.data["streak"] + 1, 0)
+    success = state.success | (streak >= self.success_steps)
     done = (info["step"] >= self.horizon) | info["error"]
-    return State(data={"latent": z, "context": context}, obs=obs, reward=jnp.where(bad, 0.0, reward[0]), done=done,
-                 success=success, info=info)
+    return State(data={"latent": z, "context": context, "streak": streak}, obs=obs,
+                 reward=jnp.where(bad, 0.0, reward[0]), done=done, success=success, info=info)
