@@ -12,7 +12,8 @@ steering scorers' lookahead, at most the chunk length 4), steps, lr, hidden, epi
 noise, policies, data_dir (as in configs/wm_tiny.py).
 
 Writes ``<workdir>/report_value.md`` (validation error against predicting the mean, Spearman
-rho). Not yet measured (2026-12-08).
+rho). Currently (2026-12-08, the world model's run-P data, 2 CPU cores): validation R^2 0.870,
+Spearman rho 0.856 (3518 examples) in 2.0 min. History: docs/experiments/value.md.
 """
 
 import ml_collections
