@@ -9,33 +9,13 @@ model's imagined return, fine-tunes with flow-DPO in the one train loop (resumin
 ``experiments/eval.py --workdir=<workdir>``.
 """
 
-import os
-import shlex
-import sys
-import time
+from absl import app
 
-from absl import app, flags
-from ml_collections import config_flags
+from vla_jax.jobs import dpo_job, launch
 
-from vla_jax import console
-from vla_jax.jobs import dpo_job
-
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/dpo_tiny.py",
-                                          "DPO config (configs/dpo_tiny.py).")
-_WORKDIR = flags.DEFINE_string("workdir", "workdirs/dpo_tiny",
-                               "Checkpoints, TensorBoard events and report_dpo.md go here.")
-
-
-def main(argv):
-  console.configure()
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  t0 = time.time()
-  command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
-  path = dpo_job.run_dpo_job(_CONFIG.value, os.path.abspath(_WORKDIR.value), command=command)
-  print(f"Done in {(time.time() - t0) / 60:.1f} min" + (f"; report: {path}" if path else ""),
-        flush=True)
-
+main = launch.config_job_main(
+    dpo_job.run_dpo_job, config="configs/dpo_tiny.py", workdir="workdirs/dpo_tiny",
+    writes="Checkpoints, TensorBoard events and report_dpo.md")
 
 if __name__ == "__main__":
   app.run(main)

@@ -8,34 +8,13 @@ every step once, trains the value in the one train loop and writes ``<workdir>/r
 --value=<workdir>``.
 """
 
-import os
-import shlex
-import sys
-import time
+from absl import app
 
-from absl import app, flags
-from ml_collections import config_flags
+from vla_jax.jobs import launch, value_job
 
-from vla_jax import console
-from vla_jax.jobs import value_job
-
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/value_tiny.py",
-                                          "Chunk-value config (configs/value_tiny.py).")
-_WORKDIR = flags.DEFINE_string("workdir", "workdirs/value_tiny",
-                               "Checkpoints, TensorBoard events and report_value.md go here.")
-
-
-def main(argv):
-  console.configure()
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  t0 = time.time()
-  command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
-  path = value_job.run_value_job(_CONFIG.value, os.path.abspath(_WORKDIR.value),
-                                 command=command)
-  print(f"Done in {(time.time() - t0) / 60:.1f} min" + (f"; report: {path}" if path else ""),
-        flush=True)
-
+main = launch.config_job_main(
+    value_job.run_value_job, config="configs/value_tiny.py", workdir="workdirs/value_tiny",
+    writes="Checkpoints, TensorBoard events and report_value.md")
 
 if __name__ == "__main__":
   app.run(main)

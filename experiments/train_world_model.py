@@ -7,33 +7,13 @@ Collects (or reuses) the RLDS episodes, trains in the one train loop (resuming f
 ``<workdir>/report_wm.md``. See configs/wm_tiny.py for the options.
 """
 
-import os
-import shlex
-import sys
-import time
+from absl import app
 
-from absl import app, flags
-from ml_collections import config_flags
+from vla_jax.jobs import launch, wm_job
 
-from vla_jax import console
-from vla_jax.jobs import wm_job
-
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/wm_tiny.py",
-                                          "World-model config (configs/wm_tiny.py).")
-_WORKDIR = flags.DEFINE_string("workdir", "workdirs/wm_tiny",
-                               "Checkpoints, TensorBoard events, videos and report_wm.md go here.")
-
-
-def main(argv):
-  console.configure()
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  t0 = time.time()
-  command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
-  path = wm_job.run_wm_job(_CONFIG.value, os.path.abspath(_WORKDIR.value), command=command)
-  print(f"Done in {(time.time() - t0) / 60:.1f} min" + (f"; report: {path}" if path else ""),
-        flush=True)
-
+main = launch.config_job_main(
+    wm_job.run_wm_job, config="configs/wm_tiny.py", workdir="workdirs/wm_tiny",
+    writes="Checkpoints, TensorBoard events, videos and report_wm.md")
 
 if __name__ == "__main__":
   app.run(main)

@@ -1,5 +1,7 @@
-"""The multi-process flags every entry point shares (``experiments/train.py``,
-``experiments/finetune_rl.py``) and the join that uses them.
+"""What the entry points share: the multi-process flags (``experiments/train.py``,
+``experiments/finetune_rl.py``) and the join that uses them, and :func:`config_job_main`, the
+whole ``main`` of a one-process config + workdir job (``train_world_model.py``,
+``train_value.py``, ``finetune_dpo.py``).
 
 Start the same command in every process with ``--coordinator_address=<host of process 0>:<port>
 --num_processes=N --process_id=i`` (or the variables ``JAX_COORDINATOR_ADDRESS``,
@@ -9,11 +11,39 @@ Start the same command in every process with ``--coordinator_address=<host of pr
 
 from __future__ import annotations
 
+import os
+import shlex
+import sys
+import time
 from collections.abc import Callable
 
 from absl import app, flags
+from ml_collections import config_flags
 
+from vla_jax import console
 from vla_jax.training import distributed
+
+
+def config_job_main(run_job: Callable[..., str], *, config: str, workdir: str,
+                    writes: str) -> Callable[[list[str]], None]:
+  """Defines ``--config`` (default ``config``) and ``--workdir`` (default ``workdir``) and
+  returns the ``main`` for ``app.run``: it runs ``run_job(config, absolute workdir,
+  command=<the command line>)`` (which returns its report's path, "" when preempted) and
+  prints ``Done in X min; report: ...``. ``writes``: what the workdir receives (flag help)."""
+  config_flag = config_flags.DEFINE_config_file("config", config, f"Job config ({config}).")
+  workdir_flag = flags.DEFINE_string("workdir", workdir, f"{writes} go here.")
+
+  def main(argv: list[str]) -> None:
+    console.configure()
+    if len(argv) > 1:
+      raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    t0 = time.time()
+    command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+    path = run_job(config_flag.value, os.path.abspath(workdir_flag.value), command=command)
+    print(f"Done in {(time.time() - t0) / 60:.1f} min" + (f"; report: {path}" if path else ""),
+          flush=True)
+
+  return main
 
 
 def define_flags() -> Callable[[str], None]:
