@@ -11,7 +11,8 @@ steps, lr, eval_episodes (per task, before and after), eval_block (test for the 
 figure; dev for tuning).
 
 Writes ``<workdir>/report_dpo.md``: success per task before and after with 95% intervals, the
-pairs, the DPO curve. Not yet measured at these defaults (2026-12-08).
+pairs, the DPO curve. First run (2026-12-08, dev, the world model of configs/wm_tiny.py): 87.0%
+-> 85.0% (n = 100, no change beyond noise) in 5.3 min; docs/experiments/dpo.md.
 """
 
 import ml_collections
