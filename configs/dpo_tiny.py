@@ -6,7 +6,7 @@ Needs the main job's checkpoint (``experiments/train.py --config=configs/vla_tin
 world model (``experiments/train_world_model.py --config=configs/wm_tiny.py``).
 
 Args (``:key=value,...``): init_workdir, world_model (its workdir), episodes (demo-block episodes
-for pairs), candidates (N per decision), min_gap (imagined-return gap a pair needs), beta,
+for pairs), candidates (N per decision), judge (world_model | oracle), min_gap (imagined-return gap a pair needs), beta,
 steps, lr, eval_episodes (per task, before and after), eval_block (test for the reported
 figure; dev for tuning).
 
@@ -25,7 +25,7 @@ from vla_jax.training import config as train_config_lib
 def get_config(arg=None):
   a = config_args.parse_arg(arg, init_workdir="workdirs/vla_tiny",
                             world_model="workdirs/wm_tiny", episodes=200, candidates=8,
-                            min_gap=0.1, beta=100.0, steps=300, lr=3e-5, eval_episodes=100,
+                            min_gap=0.1, judge="world_model", beta=100.0, steps=300, lr=3e-5, eval_episodes=100,
                             eval_block="test")
   c = ml_collections.ConfigDict()
   c.init_workdir = a.init_workdir
@@ -33,6 +33,9 @@ def get_config(arg=None):
   c.world_model_workdir = a.world_model
   c.dpo = ml_collections.ConfigDict({
       "episodes": a.episodes,          # demo-block episodes the policy runs to make pairs
+      # Who ranks the candidates: "world_model" (imagined return) or "oracle" (the MJX oracle,
+      # privileged: simulated in a copy of the true state; the method's upper bound).
+      "judge": a.judge,
       "batch_envs": 50,
       "num_candidates": a.candidates,  # chunks sampled per decision; best vs worst is a pair
       # Candidates are imagined for the whole chunk (H = 4 here), as the steering scorer does.

@@ -6,7 +6,9 @@
    decision it samples ``dpo.num_candidates`` chunks, the world model
    (``config.world_model_workdir``) imagines each for ``dpo.lookahead`` steps from the current
    observation and scores the imagined return (``steering.WorldModelScorer``), and the policy's
-   own first sample is executed. The best and the worst candidate of a decision make a pair where
+   own first sample is executed. ``dpo.judge="oracle"`` scores them by simulating each in a copy
+   of the true state instead (privileged: the upper bound of preference training on these
+   pairs). The best and the worst candidate of a decision make a pair where
    their scores differ by at least ``dpo.min_gap`` (``vla_jax.world_model.preferences``). Only
    the world model judges: the simulator supplies states, never a reward.
 3. **DPO** through the one train loop: the flow-DPO loss against the frozen starting policy,
@@ -76,7 +78,10 @@ def collect_pairs(loaded: Any, world_model: Any, env: tabletop.TabletopEnv, eval
                   dpo: ml_collections.ConfigDict, print_fn: Callable = print
                   ) -> dict[str, Any]:
   """Chosen/rejected pairs judged by the world model (module docstring, step 2), host arrays."""
-  scorer = steering.WorldModelScorer(world_model.model, world_model.params, dpo.lookahead)
+  if dpo.get("judge", "world_model") == "oracle":   # privileged: the upper bound of the method
+    scorer = steering.MJXOracle(env, dpo.lookahead)
+  else:
+    scorer = steering.WorldModelScorer(world_model.model, world_model.params, dpo.lookahead)
   recorder = preferences.PairRecorder(evaluator.adapter, scorer=scorer,
                                       num_candidates=dpo.num_candidates)
   run = rollout_lib.make_seeded_rollout(
@@ -175,8 +180,12 @@ def run_dpo_job(config: ml_collections.ConfigDict, workdir: str, *, command: str
     raise NotImplementedError(f"dpo: the checkpoint's '{base.policy.head}' head has no "
                               "flow-matching loss per sample (cfm_losses); DPO here needs the "
                               "flow head")
-  world_model = wm_job.load_world_model(config.world_model_workdir)
   dpo = config.dpo
+  judge = dpo.get("judge", "world_model")
+  if judge not in ("world_model", "oracle"):
+    raise ValueError(f"dpo.judge='{judge}' must be 'world_model' or 'oracle' (privileged)")
+  world_model = (wm_job.load_world_model(config.world_model_workdir)
+                 if judge == "world_model" else None)
   if not 1 <= dpo.lookahead <= policy.action_horizon:
     raise ValueError(f"dpo.lookahead={dpo.lookahead} must be in [1, H={policy.action_horizon}]")
   env = tabletop.make_env(base.collect.env)
@@ -184,8 +193,10 @@ def run_dpo_job(config: ml_collections.ConfigDict, workdir: str, *, command: str
   evaluator = main_job.make_evaluator(base, policy, loaded.norm_stats, loaded.text_tokenizer,
                                       env=env)
   episodes, block = config.eval.num_episodes_per_task, config.eval.block
-  print_fn(f"[dpo] starting point: {config.init_workdir} step {loaded.step}; judge: world "
-           f"model {config.world_model_workdir} step {world_model.step}", flush=True)
+  judged_by = (f"world model {config.world_model_workdir} step {world_model.step}"
+               if world_model is not None else "the MJX oracle (privileged)")
+  print_fn(f"[dpo] starting point: {config.init_workdir} step {loaded.step}; judge: "
+           f"{judged_by}", flush=True)
   before = evaluator(loaded.params, num_episodes_per_task=episodes, block=block,
                      print_fn=print_fn)
   print_fn(f"[eval] before DPO: {before.summary()}", flush=True)
@@ -233,7 +244,7 @@ def run_dpo_job(config: ml_collections.ConfigDict, workdir: str, *, command: str
   sections = [
       ("Summary",
        f"DPO on world-model preferences from **{config.init_workdir}** (step {loaded.step}, "
-       f"flow head), judged by **{config.world_model_workdir}** (step {world_model.step}). "
+       f"flow head), judged by **{judged_by}**. "
        f"Mean success on the **{block}** seed block: **{intervals.format_rate(*before.totals)}"
        f" -> {intervals.format_rate(*after.totals)}** (95% Wilson intervals). Wall-clock "
        f"{(time.time() - t_start) / 60:.1f} min (pairs {t_pairs / 60:.1f}, DPO "
