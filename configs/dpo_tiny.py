@@ -6,7 +6,8 @@ Needs the main job's checkpoint (``experiments/train.py --config=configs/vla_tin
 world model (``experiments/train_world_model.py --config=configs/wm_tiny.py``).
 
 Args (``:key=value,...``): init_workdir, world_model (its workdir), episodes (demo-block episodes
-for pairs), candidates (N per decision), judge (world_model | oracle), min_gap (imagined-return gap a pair needs), beta,
+for pairs), candidates (N per decision), judge (world_model | oracle), min_gap
+(imagined-return gap a pair needs), beta,
 steps, lr, eval_episodes (per task, before and after), eval_block (test for the reported
 figure; dev for tuning).
 
@@ -25,7 +26,8 @@ from vla_jax.training import config as train_config_lib
 def get_config(arg=None):
   a = config_args.parse_arg(arg, init_workdir="workdirs/vla_tiny",
                             world_model="workdirs/wm_tiny", episodes=200, candidates=8,
-                            min_gap=0.1, judge="world_model", beta=100.0, steps=300, lr=3e-5, eval_episodes=100,
+                            min_gap=0.1, judge="world_model", beta=100.0, steps=300,
+                            lr=3e-5, eval_episodes=100,
                             eval_block="test")
   c = ml_collections.ConfigDict()
   c.init_workdir = a.init_workdir
